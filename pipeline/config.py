@@ -1,0 +1,147 @@
+"""One frozen dataclass per ``params.yaml`` section; unknown keys and wrong types are errors.
+
+Stages load their section with `load_section`, applying ``--set a.b=value`` overrides (values parsed as YAML).
+Derived values are computed by the stages and printed, never written back into the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = ["PathsConfig", "IngestConfig", "load_params", "load_section", "apply_overrides", "ConfigError"]
+
+DEFAULT_PARAMS = Path("params.yaml")
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """params.yaml or a --set override does not fit the config schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PathsConfig:
+    """Where generated artifacts live (all under data_cache/, which DVC owns)."""
+
+    raw_root: str = "data_cache/raw"
+    events_root: str = "data_cache/events"
+    frames_root: str = "data_cache/frames"
+    runs_root: str = "data_cache/runs"
+    report_root: str = "data_cache/report"
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """`pipeline.ingest`: raw files -> event store."""
+
+    format: str = "zarr"  # zarr | h5
+    chunk_events: int = 1 << 18  # events per compressed chunk (read granularity)
+    shard_events: int = 1 << 25  # events per Zarr shard file (a multiple of chunk_events)
+    out_of_sensor: str = "error"  # error | drop (counted) for events outside the sensor
+    splits: dict[str, str] = dataclasses.field(default_factory=dict)  # dataset -> split scheme
+
+    def __post_init__(self) -> None:
+        _choice("ingest.format", self.format, ("zarr", "h5"))
+        _choice("ingest.out_of_sensor", self.out_of_sensor, ("error", "drop"))
+        if self.chunk_events <= 0 or self.shard_events % self.chunk_events:
+            raise ConfigError("ingest.shard_events must be a positive multiple of ingest.chunk_events")
+
+
+def _choice(name: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} = {value!r}; choose one of {', '.join(map(str, options))}")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """The whole params.yaml as a dict ({} when the file is absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict."""
+    import copy
+
+    out = copy.deepcopy(params)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _check_type(name, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name} = {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name} must be null, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_check_type(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {k: _check_type(f"{name}.{k}", v, vt) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, name)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{name} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def build(cls: type[C], data: dict | None, name: str) -> C:
+    """Build dataclass ``cls`` from a mapping: unknown keys and wrong types raise ConfigError."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - fields
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; valid keys: {sorted(fields)}")
+    kwargs = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,
+                 overrides: list[str] | None = None) -> C:
+    """Load ``params.yaml[section]`` into ``cls`` after applying ``--set`` overrides."""
+    data = params if isinstance(params, dict) else load_params(params)
+    data = apply_overrides(data, overrides)
+    return build(cls, data.get(section), section)

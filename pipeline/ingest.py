@@ -1,0 +1,197 @@
+"""Stage: official raw files -> one columnar event store per dataset.
+
+    python -m pipeline.ingest <dataset> [--raw DIR] [--out PATH] [--format zarr|h5] [--split SCHEME]
+                                        [--from-tonic SAVE_TO] [--set ingest.key=value ...]
+
+Every event read is accounted for: the store's ``counts`` attribute reconciles
+``events_read = stored + invalid_dropped + outside_windows + out_of_sensor - duplicated_by_overlap``
+(an event inside two overlapping windows is stored twice, once per sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import IngestConfig, PathsConfig, load_section
+from pipeline.datasets import DatasetSpec, MissingRawDataError, get_spec
+from pipeline.io.aedat3 import DecodedEvents
+from pipeline.io.errors import RawDataError
+from pipeline.store import EventStoreWriter, stable_hash
+
+__all__ = ["ingest", "main", "default_store_path", "COUNT_KEYS"]
+
+#: Every count a store reports, always present (zero when nothing happened).
+COUNT_KEYS = ("samples", "stored", "events_read", "invalid_dropped", "nonpolarity_skipped", "unused_slots",
+              "outside_windows", "out_of_sensor", "reordered", "duplicated_by_overlap", "overlapping_windows")
+
+
+def default_store_path(paths: PathsConfig, dataset: str, fmt: str) -> Path:
+    return Path(paths.events_root) / f"{dataset}.{'zarr' if fmt == 'zarr' else 'h5'}"
+
+
+def _file_record(path: Path, name: str, data: bytes) -> dict:
+    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _prepare(ev: DecodedEvents, path: Path, spec: DatasetSpec, out_of_sensor: str, counts: Counter) -> DecodedEvents:
+    """Sort by time if needed (counted) and apply the out-of-sensor policy."""
+    x, y, t, p = ev.x, ev.y, ev.t, ev.p
+    if len(t) > 1 and np.any(t[1:] < t[:-1]):
+        order = np.argsort(t, kind="stable")
+        counts["reordered"] += int(np.count_nonzero(order != np.arange(len(t))))
+        x, y, t, p = x[order], y[order], t[order], p[order]
+    w, h, _ = spec.sensor_size
+    bad = (x >= w) | (y >= h)
+    if bad.any():
+        if out_of_sensor == "error":
+            k = int(np.flatnonzero(bad)[0])
+            raise RawDataError(
+                path,
+                f"event {k} (t={int(t[k])} µs) has x={int(x[k])}, y={int(y[k])} outside the {w}x{h} sensor "
+                f"({int(bad.sum())} such events; --set ingest.out_of_sensor=drop drops and counts them)",
+            )
+        counts["out_of_sensor"] += int(bad.sum())
+        keep = ~bad
+        x, y, t, p = x[keep], y[keep], t[keep], p[keep]
+    return DecodedEvents(x, y, t, p, ev.counts)
+
+
+def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str | None = None,
+           progress: bool = True) -> dict:
+    """Read every raw recording of ``spec`` under ``raw_dir`` and write the event store ``out`` atomically.
+
+    Returns the root attributes written (counts, sources, store_id ...).
+    """
+    raw_dir, out = Path(raw_dir), Path(out)
+    split = split or cfg.splits.get(spec.name, spec.default_split)
+    plan = spec.recordings(raw_dir, split)
+    sources: list[dict] = []
+    totals: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
+    overlaps: list[dict] = []
+    t0 = time.perf_counter()
+    n_recs = sum(len(r) for r in plan.values())
+    bar = tqdm(total=n_recs, desc=f"ingest {spec.name}", unit="rec", disable=not progress, file=sys.stderr)
+    with EventStoreWriter(out, cfg.format, chunk_events=cfg.chunk_events, shard_events=cfg.shard_events) as writer:
+        for split_name, recs in plan.items():
+            sw = writer.split(split_name)
+            counts: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
+            rec_attrs = []
+            overlaps_before = len(overlaps)
+            for rec_idx, rec in enumerate(recs):
+                data = rec.path.read_bytes()
+                sources.append(_file_record(rec.path, rec.name, data))
+                for extra in spec.label_files(rec):
+                    sources.append(_file_record(extra, str(Path(rec.name).parent / extra.name), extra.read_bytes()))
+                ev = _prepare(spec.decode(data, rec.path), rec.path, spec, cfg.out_of_sensor, counts)
+                for k, v in ev.counts.items():
+                    counts[k] += v
+                windows = spec.windows(rec, ev)
+                covered = np.zeros(len(ev.t), dtype=bool)
+                order = sorted(windows, key=lambda w: w.start_us)
+                for a, b in zip(order[:-1], order[1:]):
+                    if b.start_us < a.end_us:
+                        overlaps.append({"recording": rec.name, "rows": [a.row, b.row]})
+                for w in windows:
+                    lo, hi = np.searchsorted(ev.t, [w.start_us, w.end_us], side="left")
+                    counts["duplicated_by_overlap"] += int(covered[lo:hi].sum())
+                    covered[lo:hi] = True
+                    sw.add(ev.x[lo:hi], ev.y[lo:hi], ev.t[lo:hi], ev.p[lo:hi], label=w.label, recording=rec_idx,
+                           start_us=w.start_us, end_us=w.end_us)
+                    counts["samples"] += 1
+                    counts["stored"] += int(hi - lo)
+                counts["outside_windows"] += int(len(ev.t) - covered.sum())
+                rec_attrs.append({"name": rec.name, **rec.meta})
+                bar.update(1)
+            counts["overlapping_windows"] = len(overlaps) - overlaps_before
+            writer.finish_split(split_name, {"recordings": rec_attrs, "counts": dict(counts),
+                                             "label_hist": np.bincount(sw.meta["label"], minlength=len(spec.classes)).tolist()})
+            totals.update({f"{split_name}.{k}": v for k, v in counts.items()})
+            for k, v in counts.items():
+                totals[k] += v
+        identity = {"dataset": spec.name, "split_scheme": split, "reader_version": spec.reader_version,
+                    "sources": sources, "out_of_sensor": cfg.out_of_sensor}
+        attrs = {
+            "dataset": spec.name,
+            "classes": list(spec.classes),
+            "sensor_size": list(spec.sensor_size),
+            "split_scheme": split,
+            "reader_version": spec.reader_version,
+            "sources": sources,
+            "counts": {k: int(v) for k, v in totals.items()},
+            "overlaps": overlaps,
+            "store_id": stable_hash(identity),
+        }
+        writer.finish(attrs)
+    bar.close()
+    attrs["seconds"] = round(time.perf_counter() - t0, 2)
+    return attrs
+
+
+def report(attrs: dict, out: Path) -> str:
+    """The closing report: samples and events per split, and everything dropped."""
+    c = attrs["counts"]
+    lines = [f"event store {out} ({attrs['dataset']}, split scheme {attrs['split_scheme']}, {attrs['seconds']} s)"]
+    lines.append(f"  {'split':<6} {'samples':>8} {'events':>14}")
+    for split in ("train", "test"):
+        lines.append(f"  {split:<6} {c.get(split + '.samples', 0):>8} {c.get(split + '.stored', 0):>14,}")
+    lines.append(
+        "  read {:,} | invalid dropped {:,} | non-polarity skipped {:,} | outside every window {:,} | "
+        "out of sensor {:,} | reordered {:,} | overlapping windows {}".format(
+            c.get("events_read", 0), c.get("invalid_dropped", 0), c.get("nonpolarity_skipped", 0),
+            c.get("outside_windows", 0), c.get("out_of_sensor", 0), c.get("reordered", 0),
+            c.get("overlapping_windows", 0)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs")
+    ap.add_argument("--raw", type=Path, help="raw folder (default: <paths.raw_root>/<dataset>)")
+    ap.add_argument("--out", type=Path, help="store path (default: <paths.events_root>/<dataset>.zarr|.h5)")
+    ap.add_argument("--format", choices=("zarr", "h5"))
+    ap.add_argument("--from-tonic", type=Path, metavar="SAVE_TO",
+                    help="ingest a tree downloaded by tonic (its save_to folder) through tonic's dataset classes")
+    ap.add_argument("--split", help="split scheme (cifar10_dvs: tet, tebn, spikingjelly, random:<seed>)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides) + ([f"ingest.format={args.format}"] if args.format else [])
+    cfg = load_section("ingest", IngestConfig, args.params, overrides)
+    paths = load_section("paths", PathsConfig, args.params, args.overrides)
+    spec = get_spec(args.dataset)
+    raw = args.raw or Path(paths.raw_root) / spec.name
+    if args.from_tonic:
+        from pipeline.io.tonic_trees import tonic_spec
+
+        spec, raw = tonic_spec(args.dataset), args.from_tonic
+    out = args.out or default_store_path(paths, spec.name, cfg.format)
+    try:
+        attrs = ingest(spec, raw, out, cfg, args.split, progress=not args.no_progress)
+    except MissingRawDataError as err:
+        print(f"error: raw data for {spec.name} is missing: {err}\n{download_hint(spec, raw)}", file=sys.stderr)
+        return 2
+    except RawDataError as err:
+        print(f"error: {err}\nno event store was written.", file=sys.stderr)
+        return 1
+    print(report(attrs, out))
+    return 0
+
+
+def download_hint(spec: DatasetSpec, raw: Path) -> str:
+    """What to download for ``spec`` and where to put it."""
+    from pipeline.download import instructions
+
+    return instructions(spec, raw)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

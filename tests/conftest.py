@@ -1,0 +1,78 @@
+"""Shared fixtures: small raw datasets written in the exact official formats, with their ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.datasets.base import Window
+from pipeline.datasets.cifar10_dvs import CLASSES as CIFAR_CLASSES
+from pipeline.datasets.dvs_gesture import write_recording, write_trials
+from pipeline.events import make_events
+from pipeline.io.aedat2 import write_aedat20
+
+
+@dataclass
+class RawTree:
+    root: Path
+    truth: dict[str, list[tuple[np.ndarray, int]]]  # split -> [(events, label)] in store order
+    n_events_in_files: int
+
+
+def random_stream(rng: np.random.Generator, n: int, t_max: int, size: int = 128):
+    t = np.sort(rng.integers(0, t_max, n)).astype(np.int64)
+    return rng.integers(0, size, n), rng.integers(0, size, n), t, rng.integers(0, 2, n)
+
+
+def make_gesture_tree(root: Path, seed: int = 0, users=(1, 2, 3), n_events: int = 20_000,
+                      invalid_frac: float = 0.05, overflow: bool = True) -> RawTree:
+    """A DVS-Gesture tree: 3 users, 11 windows each (one class each), invalid events, timestamps crossing 2^31."""
+    rng = np.random.default_rng(seed)
+    names = []
+    truth: dict[str, list] = {"train": [], "test": []}
+    for k, u in enumerate(users):
+        base = (1 << 31) - 1_000_000 if overflow and k == 0 else 0  # the first recording crosses 2^31 µs
+        x, y, t, p = random_stream(rng, n_events, 3_000_000)
+        t = t + base
+        valid = rng.random(n_events) > invalid_frac
+        windows = [Window(c, base + 100_000 + c * 250_000, base + 300_000 + c * 250_000) for c in range(11)]
+        name = f"user{u:02d}_fluorescent_led"
+        write_recording(root, name, x, y, t, p, windows, valid=valid, events_per_packet=997)
+        names.append(name)
+        split = "test" if k == len(users) - 1 else "train"
+        ev = make_events(x[valid], y[valid], t[valid], p[valid])
+        for w in windows:
+            sel = (ev["t"] >= w.start_us) & (ev["t"] < w.end_us)
+            truth[split].append((ev[sel], w.label))
+    write_trials(root, names[:-1], names[-1:])
+    return RawTree(root, truth, n_events * len(users))
+
+
+def make_cifar_tree(root: Path, per_class: int = 10, seed: int = 0, n_events: int = 300) -> RawTree:
+    rng = np.random.default_rng(seed)
+    truth: dict[str, list] = {"train": [], "test": []}
+    cut = -(-per_class * 9 // 10)
+    for label, cls in enumerate(CIFAR_CLASSES):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            x, y, t, p = random_stream(rng, n_events, 1_300_000)
+            t = t + 40_000_000
+            write_aedat20(root / cls / f"cifar10_{cls}_{i}.aedat", x, y, t, p)
+            truth["train" if i < cut else "test"].append((make_events(x, y, t, p), label))
+    # store order is class-major, index-minor within each split
+    for split in truth:
+        truth[split].sort(key=lambda s: s[1])
+    return RawTree(root, truth, n_events * per_class * len(CIFAR_CLASSES))
+
+
+@pytest.fixture
+def gesture_tree(tmp_path: Path) -> RawTree:
+    return make_gesture_tree(tmp_path / "raw")
+
+
+@pytest.fixture
+def cifar_tree(tmp_path: Path) -> RawTree:
+    return make_cifar_tree(tmp_path / "raw")
