@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["PathsConfig", "IngestConfig", "load_params", "load_section", "apply_overrides", "ConfigError"]
+__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "TrainConfig", "AugmentConfig", "load_params", "load_section", "apply_overrides", "ConfigError"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -50,6 +50,98 @@ class IngestConfig:
         _choice("ingest.out_of_sensor", self.out_of_sensor, ("error", "drop"))
         if self.chunk_events <= 0 or self.shard_events % self.chunk_events:
             raise ConfigError("ingest.shard_events must be a positive multiple of ingest.chunk_events")
+
+
+@dataclasses.dataclass(frozen=True)
+class BinConfig:
+    """`pipeline.bin`: event store -> frame caches. ``datasets.<name>`` overrides any key for one dataset."""
+
+    T: tuple[int, ...] = (8, 16)
+    by: str = "time"  # time | count
+    semantics: str = "exact"  # exact (lossless) | tonic | spikingjelly
+    out_size: tuple[int, int] | None = None  # (H, W) to downsample to while binning
+    dtype: str = "int16"  # int16 | uint8 (saturating, counted) | float32
+    format: str = "zarr"  # zarr | h5
+    datasets: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("bin.by", self.by, ("time", "count"))
+        _choice("bin.semantics", self.semantics, ("exact", "tonic", "spikingjelly"))
+        _choice("bin.dtype", self.dtype, ("int16", "uint8", "float32"))
+        _choice("bin.format", self.format, ("zarr", "h5"))
+
+    def for_dataset(self, name: str) -> "BinConfig":
+        """This config with ``datasets[name]`` applied (type-checked like the rest)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "datasets"}
+        return build(BinConfig, {**own, **self.datasets.get(name, {})}, f"bin.datasets.{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation shared by every view of a sample (see pipeline.data.Augment)."""
+
+    flip_p: float = 0.5
+    max_shift_px: int = 5
+    shift_mode: str = "roll"  # roll (TET) | translate (zero fill, NDA)
+    cutout_px: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`pipeline.train`. ``recipes.<dataset>`` overrides any key for one dataset (the literature recipes)."""
+
+    method: str = "tssd"  # baseline | tsd | ssd | tssd
+    arch: str = "small"  # small | gesture_net | vggsnn
+    T_s: int = 8  # student timesteps (inference cost)
+    T_t: int | None = None  # teacher timesteps; null = 2 * T_s
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+    seed: int = 0
+    alpha: float = 1.0  # weight of the temporal self-distillation term
+    beta: float = 1.0  # weight of the spatial self-distillation term
+    gamma: float = 0.0  # weight of the weak classifier's own task loss
+    tau_kd: float = 2.0  # distillation temperature
+    task_loss: str = "ce"  # ce (on time-averaged logits) | tet (per-timestep, TET)
+    tet_lambda: float = 0.0
+    teacher_grad: bool = False  # does the temporal KD term's gradient reach the teacher run?
+    weak_stages: list[str] | None = None  # null = the architecture's middle stage
+    neuron: dict[str, Any] = dataclasses.field(default_factory=dict)  # models.neurons.NeuronConfig options
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    in_memory: bool = True  # load frame caches into RAM
+    num_workers: int = 0
+    amp: bool = True  # autocast on CUDA (bf16 where supported)
+    channels_last: bool = True  # on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_T: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
+    recipes: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
+        _choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
+        _choice("train.schedule", self.schedule, ("cosine", "constant"))
+        _choice("train.task_loss", self.task_loss, ("ce", "tet"))
+        if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0) or self.epochs < 0 or self.batch_size <= 0:
+            raise ConfigError("train.T_s, T_t, batch_size must be positive and epochs >= 0")
+
+    @property
+    def teacher_T(self) -> int:
+        """T_t: the teacher's timesteps (2 * T_s unless set)."""
+        return self.T_t if self.T_t is not None else 2 * self.T_s
+
+    def for_dataset(self, name: str, overrides: dict | None = None) -> "TrainConfig":
+        """This config with ``recipes[name]`` and then ``overrides`` applied (type-checked); the nested
+        ``augment`` and ``neuron`` mappings are merged key by key."""
+        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipes"}
+        merged["augment"] = dataclasses.asdict(self.augment)
+        for layer in (self.recipes.get(name, {}), overrides or {}):
+            for k, v in layer.items():
+                merged[k] = {**merged[k], **v} if k in ("augment", "neuron") and isinstance(v, dict) else v
+        return build(TrainConfig, merged, f"train.recipes.{name}")
 
 
 def _choice(name: str, value: Any, options: tuple) -> None:

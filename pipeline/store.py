@@ -49,6 +49,7 @@ __all__ = [
     "store_format",
     "atomic_output",
     "stable_hash",
+    "remove_path",
 ]
 
 FORMAT = "tssd-event-store"
@@ -86,21 +87,22 @@ class atomic_output:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
-            _remove(stale)
+            remove_path(stale)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            _remove(self.tmp)
+            remove_path(self.tmp)
             return
         old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
         if self.path.exists():
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
-        _remove(old)
+        remove_path(old)
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Delete a file or a directory tree (a store, a cache, a temporary)."""
     if p.is_dir():
         shutil.rmtree(p, ignore_errors=True)
     elif p.exists():

@@ -76,3 +76,29 @@ def gesture_tree(tmp_path: Path) -> RawTree:
 @pytest.fixture
 def cifar_tree(tmp_path: Path) -> RawTree:
     return make_cifar_tree(tmp_path / "raw")
+
+
+def make_learnable_tree(root: Path, n_classes: int = 4, per_class: int = 24, seed: int = 0) -> Path:
+    """A DVS-Gesture-format tree whose classes a small SNN can tell apart: class k emits events along a
+    vertical bar at x ≈ 16 + 28 k moving downwards, plus uniform noise. Users 1-3 train, user 4 tests."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for u in (1, 2, 3, 4):
+        xs, ys, ts, ps, windows = [], [], [], [], []
+        t0 = 0
+        for i in range(per_class * n_classes // 4):
+            k = int(rng.integers(n_classes))
+            n = 400
+            t = np.sort(rng.integers(0, 100_000, n))
+            bar = rng.random(n) < 0.8
+            x = np.where(bar, 16 + 28 * k + rng.integers(-3, 4, n), rng.integers(0, 128, n))
+            y = np.where(bar, (t * 120 // 100_000 + rng.integers(-4, 5, n)).clip(0, 127), rng.integers(0, 128, n))
+            xs.append(x); ys.append(y); ts.append(t + t0); ps.append((rng.random(n) < 0.5).astype(int))
+            windows.append(Window(k, t0, t0 + 100_000))
+            t0 += 120_000
+        name = f"user{u:02d}_lab"
+        write_recording(root, name, np.concatenate(xs), np.concatenate(ys), np.concatenate(ts), np.concatenate(ps),
+                        windows)
+        names.append(name)
+    write_trials(root, names[:3], names[3:])
+    return root

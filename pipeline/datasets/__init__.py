@@ -8,12 +8,12 @@ __all__ = ["get_spec", "DATASETS", "DatasetSpec", "Download", "MissingRawDataErr
 
 
 def _registry() -> dict[str, DatasetSpec]:
-    from pipeline.datasets import cifar10_dvs, dvs_gesture
+    from pipeline.datasets import cifar10_dvs, digits_dvs, dvs_gesture
 
-    return {"dvs_gesture": dvs_gesture.SPEC, "cifar10_dvs": cifar10_dvs.SPEC}
+    return {"dvs_gesture": dvs_gesture.SPEC, "cifar10_dvs": cifar10_dvs.SPEC, "digits_dvs": digits_dvs.SPEC}
 
 
-DATASETS = ("dvs_gesture", "cifar10_dvs")
+DATASETS = ("digits_dvs", "dvs_gesture", "cifar10_dvs")
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -1,0 +1,101 @@
+"""Stage: event store -> frame caches, one per (split, T).
+
+    python -m pipeline.bin <dataset> [--T 8 16] [--out-size 64 64] [--by time|count]
+                                     [--semantics exact|tonic|spikingjelly] [--dtype uint8|int16|float32]
+                                     [--format zarr|h5] [--store PATH] [--splits train test] [--set bin.key=value]
+    python -m pipeline.bin <dataset> --for-training [--prune]
+
+Defaults come from ``params.yaml`` (``bin:``, with per-dataset recipes under ``bin.datasets.<name>``). Each
+cache lands at `pipeline.frames.cache_path` (a name derived from every parameter); existing caches with the
+same key are reused, never rebuilt stale. Prints one line per cache.
+
+``--for-training`` builds exactly the caches `pipeline.train` and `pipeline.evaluate` will open for this dataset
+(train + test at T_s and T_t, test at every train.eval_T); ``--prune`` then deletes every other cache in the
+dataset's folder (what the DVC stage does, so its output holds no stale caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from pipeline.config import BinConfig, PathsConfig, load_section
+from pipeline.frames import Binning, ensure_frame_cache
+from pipeline.store import remove_path, open_event_store
+
+__all__ = ["run", "main"]
+
+
+def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, ...] = ("train", "test"),
+        progress: bool = True) -> list[Path]:
+    """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths."""
+    store = open_event_store(store_path)
+    paths = []
+    for T in cfg.T:
+        binning = Binning(T=T, by=cfg.by, semantics=cfg.semantics, out_size=cfg.out_size, dtype=cfg.dtype)
+        for split in splits:
+            cache = ensure_frame_cache(store_path, split, binning, frames_root, cfg.format, progress=progress)
+            a = cache.attrs
+            print(f"{a['dataset']}/{split} T={T}: {cache.shape} {binning.dtype} saturated={a['saturated']} -> "
+                  f"{cache.path}")
+            paths.append(cache.path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.bin", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--T", type=int, nargs="+")
+    ap.add_argument("--out-size", type=int, nargs=2, metavar=("H", "W"))
+    ap.add_argument("--by", choices=("time", "count"))
+    ap.add_argument("--semantics", choices=("exact", "tonic", "spikingjelly"))
+    ap.add_argument("--dtype", choices=("uint8", "int16", "float32"))
+    ap.add_argument("--format", choices=("zarr", "h5"))
+    ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
+    ap.add_argument("--splits", nargs="+", default=["train", "test"])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--for-training", action="store_true", help="the caches train/evaluate need (params.yaml train:)")
+    ap.add_argument("--prune", action="store_true", help="with --for-training: delete every other cache")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    paths = load_section("paths", PathsConfig, args.params, args.overrides)
+    if args.for_training:
+        return _for_training(args.dataset, args.params, args.overrides, args.store, paths, args.prune,
+                             not args.no_progress)
+    cfg = load_section("bin", BinConfig, args.params, args.overrides).for_dataset(args.dataset)
+    cli = {"T": args.T, "out_size": args.out_size, "by": args.by, "semantics": args.semantics,
+           "dtype": args.dtype, "format": args.format}
+    cfg = dataclasses.replace(cfg, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cli.items() if v is not None})
+    store = args.store or Path(paths.events_root) / f"{args.dataset}.zarr"
+    if not store.exists():
+        print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
+              file=sys.stderr)
+        return 2
+    run(cfg, store, Path(paths.frames_root), tuple(args.splits), progress=not args.no_progress)
+    return 0
+
+
+def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,
+                  prune: bool, progress: bool) -> int:
+    from pipeline.train import resolve
+
+    train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
+    store = store or Path(paths.events_root) / f"{dataset}.zarr"
+    train_T = {train_cfg.T_s, train_cfg.teacher_T}
+    keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted(train_T))), store, Path(paths.frames_root),
+               ("train", "test"), progress)
+    keep += run(dataclasses.replace(bin_cfg, T=tuple(sorted(set(train_cfg.eval_T) - train_T))), store,
+                Path(paths.frames_root), ("test",), progress)
+    if prune:
+        folder = Path(paths.frames_root) / dataset
+        for stale in set(folder.iterdir()) - set(keep):
+            print(f"pruning {stale}")
+            remove_path(stale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

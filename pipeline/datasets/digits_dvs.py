@@ -1,0 +1,584 @@
+"""digits_dvs: the embedded dataset -- scikit-learn's 1797 real handwritten digits seen by an emulated DVS.
+
+Nothing is downloaded: the source images are ``sklearn.datasets.load_digits()`` (1797 real 8x8 scans of
+handwritten digits, 10 classes, bundled with scikit-learn). A pure, seeded DVS emulator moves each digit along
+N-MNIST-like saccades in front of a small sensor and writes the events in DVS128-Gesture's exact on-disk format,
+so the real AEDAT 3.1 reader, label-csv parser and `pipeline.ingest` run on it unchanged.
+
+Raw layout (written by ``python -m pipeline.generate digits_dvs`` into ``data_cache/raw/digits_dvs/``)::
+
+    data_cache/raw/digits_dvs/
+        trials_to_train.txt                 one recording file name per line (users 1 .. users - test_users)
+        trials_to_test.txt                  (the last ``test_users`` users: whole users are held out)
+        user01_lab.aedat                    AEDAT 3.1 polarity events, see pipeline.io.aedat3
+        user01_lab_labels.csv               class,startTime_usec,endTime_usec   (class is 1-based: 1 = "zero")
+        user01_natural.aedat
+        user01_natural_labels.csv
+        ...
+        digits_dvs.json                     the generator's config and counts (provenance; not read by ingest)
+
+Partition. A ``default_rng([seed, 0])`` permutation of the 1797 digits is reordered class-interleaved (the
+first digit of every class, then the second of every class, ...), the first ``n_samples`` are kept (a class-
+balanced subset), and they are cut into ``users * len(conditions)`` consecutive chunks: user ``u`` records one
+recording per condition, in the order the conditions are listed. Each recording presents its digits in a
+seeded random order; the last ``test_users`` users form the test split.
+
+Scene (per recording; positions in sensor pixels, x right, y down, pixel centres at ``i + 0.5``).
+  * A digit (8x8, values 0..16 scaled to ``d`` in [0, 1]) is upsampled by cubic B-spline interpolation to
+    ``digit_px`` x ``digit_px`` (clipped to [0, 1]) on a canvas of ``oversample`` samples per sensor pixel.
+    Intensity is ``I = background + (1 - background) * d`` (bright ink on a darker monitor; ``background`` is
+    the condition's, so it sets the contrast); the canvas holds ``log I``. A pixel sees the canvas bilinearly
+    interpolated at its centre; outside the canvas it sees the background.
+  * Timeline: the screen is blank (``I = background``) for ``gap_us``; digit ``i`` appears at
+    ``a_i = gap_us + i * (gap_us + n_saccades * saccade_us)`` and rests for ``gap_us`` (the flash of its
+    appearance settles), then moves along ``n_saccades`` straight sweeps of ``saccade_us`` each, at constant
+    speed, through the triangle (0, A) -> (A/2, 0) -> (A, A) -> (0, A) -> ... with ``A = saccade_px`` (three
+    sweeps close the triangle, like N-MNIST's three 100 ms saccades). The csv window of digit ``i`` is the
+    motion, ``[a_i + gap_us, a_{i+1})``. The next digit replaces it at ``a_{i+1}``; after the last one the
+    screen is blank again for ``gap_us``. The appear/replace flashes fall outside every window (ingest counts
+    them as ``outside_windows``), as the real DVS-Gesture recordings have events between their windows.
+  * The digit's rest position is centred: its top-left corner is at ``(sensor - digit_px - A) / 2`` plus the
+    sweep offset.
+
+Pixel model (per pixel, independent; ``log_intensity`` sampled every ``dt_us`` and linear in between):
+  * Thresholds: one sensor for the whole dataset. Per-pixel ON and OFF contrast thresholds are drawn once,
+    ``theta ~ N(threshold_mean, threshold_std)`` clipped below at ``threshold_min`` (``default_rng([seed, 1])``).
+  * The pixel keeps a reference ``ref`` (initially the log intensity at t = 0). It emits ON (p = 1) when
+    ``L(t) - ref >= theta_on`` and OFF (p = 0) when ``ref - L(t) >= theta_off``. The timestamp is the first
+    whole microsecond at which the linearly interpolated ``L`` reaches the threshold (so events fall anywhere
+    inside a step, not on the step grid), and a change that spans several thresholds inside one step gives
+    several events, each at its own crossing time, whenever the refractory period allows it.
+  * Refractory period: after an event at ``t_e`` the pixel is held in reset until ``t_e + refractory_us``:
+    no event (signal or noise) can occur in ``[t_e, t_e + refractory_us)`` and the reference follows the log
+    intensity, ending at ``ref = L(t_e + refractory_us)`` (changes during the reset are lost, as on the chip).
+  * Shot noise: a Poisson process of ``noise_hz`` events per second per pixel (the condition's), uniform
+    timestamps, polarity ON/OFF with probability 1/2 (``default_rng([seed, 2, recording])``). A noise event
+    is a spurious reset: it obeys and restarts the refractory period (noise falling inside one is dropped),
+    and it sets ``ref`` like any event.
+  * A static scene without noise therefore emits nothing; no pixel ever fires twice within
+    ``refractory_us``.
+
+Parameters (`DigitsDVSConfig`, the ``digits_dvs:`` section of params.yaml): seed, n_samples, users,
+test_users, conditions {name: {background, noise_hz}}, sensor, digit_px, oversample, saccade_px, saccade_us,
+n_saccades, gap_us, dt_us, threshold_mean, threshold_std, threshold_min, refractory_us.
+
+Kernels (`_pixel_events`, `_emulate_scene`) are Numba, pure array -> array; everything is deterministic by
+seed and independent of the number of worker threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numba as nb
+import numpy as np
+from scipy import ndimage
+
+from pipeline.config import ConfigError
+from pipeline.datasets.base import MissingRawDataError, Recording, Window
+from pipeline.datasets.dvs_gesture import DVSGesture
+from pipeline.events import SensorSize, make_events
+
+__all__ = [
+    "SPEC",
+    "CLASSES",
+    "GENERATOR_VERSION",
+    "Condition",
+    "DigitsDVSConfig",
+    "DigitsDVS",
+    "spec_for",
+    "load_source",
+    "RecordingPlan",
+    "plan_recordings",
+    "draw_thresholds",
+    "Schedule",
+    "schedule",
+    "emulate_log",
+    "emulate_recording",
+    "SynthRecording",
+    "synthesize",
+]
+
+CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+GENERATOR_VERSION = "digits-dvs-emulator/1"
+N_SOURCE = 1797  # sklearn.datasets.load_digits()
+_CONDITION_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One recording condition: the monitor's background intensity (digit ink is 1.0) and the noise rate."""
+
+    background: float = 0.1  # relative intensity in (0, 1): log contrast of the ink is -log(background)
+    noise_hz: float = 0.1  # shot-noise events per second per pixel
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.background < 1.0:
+            raise ConfigError(f"digits_dvs condition background = {self.background!r}; must be in (0, 1)")
+        if self.noise_hz < 0:
+            raise ConfigError(f"digits_dvs condition noise_hz = {self.noise_hz!r}; must be >= 0")
+
+
+def _default_conditions() -> dict[str, Condition]:
+    return {"lab": Condition(background=0.3, noise_hz=5.0), "natural": Condition(background=0.5, noise_hz=15.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsDVSConfig:
+    """The ``digits_dvs:`` section of params.yaml (see the module docstring for the model)."""
+
+    seed: int = 0
+    n_samples: int = 1797  # digits used (a class-balanced subset when < 1797)
+    users: int = 30  # recordings per user = len(conditions)
+    test_users: int = 6  # the last test_users users are the test split
+    conditions: dict[str, Condition] = dataclasses.field(default_factory=_default_conditions)
+    sensor: int = 32  # square sensor, pixels per side
+    digit_px: int = 18  # digit size on the sensor, pixels
+    oversample: int = 4  # canvas samples per sensor pixel
+    saccade_px: float = 4.0  # triangle side A, pixels
+    saccade_us: int = 100_000  # duration of one sweep
+    n_saccades: int = 3
+    gap_us: int = 20_000  # rest after each digit appears (and blank lead/tail)
+    dt_us: int = 500  # scene sampling step
+    threshold_mean: float = 0.2  # log-intensity contrast threshold
+    threshold_std: float = 0.03  # per-pixel mismatch
+    threshold_min: float = 0.05
+    refractory_us: int = 1000
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"digits_dvs: {msg}")
+
+        need(len(self.conditions) >= 1, "conditions must name at least one condition")
+        for name, cond in self.conditions.items():
+            need(isinstance(name, str) and bool(_CONDITION_NAME.match(name)),
+                 f"condition name {name!r} must match {_CONDITION_NAME.pattern} (it is part of file names)")
+            need(isinstance(cond, Condition), f"conditions.{name} must be a Condition")
+        need(2 <= self.users <= 999, f"users = {self.users}; must be in 2..999")
+        need(1 <= self.test_users < self.users, f"test_users = {self.test_users}; must be in 1..users-1")
+        n_rec = self.users * len(self.conditions)
+        need(n_rec <= self.n_samples <= N_SOURCE,
+             f"n_samples = {self.n_samples}; must be in {n_rec}..{N_SOURCE} (one digit per recording at least)")
+        need(self.sensor >= 8, f"sensor = {self.sensor}; must be >= 8")
+        need(self.digit_px >= 4 and self.saccade_px >= 0, "digit_px must be >= 4 and saccade_px >= 0")
+        need(self.digit_px + self.saccade_px <= self.sensor,
+             f"digit_px + saccade_px = {self.digit_px + self.saccade_px} exceeds the sensor ({self.sensor})")
+        need(self.oversample >= 1, f"oversample = {self.oversample}; must be >= 1")
+        need(self.dt_us >= 1 and self.saccade_us % self.dt_us == 0 and self.gap_us % self.dt_us == 0,
+             f"saccade_us ({self.saccade_us}) and gap_us ({self.gap_us}) must be multiples of dt_us ({self.dt_us})")
+        need(self.saccade_us > 0 and self.n_saccades >= 1, "saccade_us and n_saccades must be positive")
+        need(self.refractory_us >= 0, f"refractory_us = {self.refractory_us}; must be >= 0")
+        need(self.gap_us > self.dt_us + self.refractory_us,
+             f"gap_us ({self.gap_us}) must exceed dt_us + refractory_us so a digit's flash settles before motion")
+        need(self.threshold_mean > 0 and self.threshold_std >= 0 and self.threshold_min > 0,
+             "threshold_mean and threshold_min must be > 0, threshold_std >= 0")
+
+    @property
+    def sensor_size(self) -> SensorSize:
+        return SensorSize(self.sensor, self.sensor, 2)
+
+    @property
+    def motion_us(self) -> int:
+        return self.n_saccades * self.saccade_us
+
+
+# ------------------------------------------------------------------------------------------ spec
+class DigitsDVS(DVSGesture):
+    """Reads digits_dvs through DVS-Gesture's reader: same file names, AEDAT 3.1 decoder and label csv.
+
+    Recording metadata is ``{"user": N, "lighting": <condition>}`` (DVS-Gesture's key for the condition).
+    """
+
+    name = "digits_dvs"
+    classes = CLASSES
+    sensor_size = SensorSize(32, 32, 2)
+    downloads = ()
+
+    def __init__(self, sensor_size: SensorSize = SensorSize(32, 32, 2)):
+        self.sensor_size = SensorSize.of(sensor_size)
+
+    def raw_layout(self, raw_dir: Path) -> str:
+        return (f"{raw_dir}/trials_to_train.txt, trials_to_test.txt, userNN_<condition>.aedat and "
+                f"userNN_<condition>_labels.csv -- generate them with `python -m pipeline.generate digits_dvs`")
+
+    @staticmethod
+    def _root(raw_dir: Path) -> Path:
+        return Path(raw_dir)
+
+    def recordings(self, raw_dir: Path, split: str = "official") -> dict[str, list[Recording]]:
+        if split not in self.split_schemes:
+            raise ValueError(f"digits_dvs has one split scheme, 'official' (users held out); got {split!r}")
+        if not (Path(raw_dir) / "trials_to_train.txt").is_file():
+            raise MissingRawDataError(f"{raw_dir} holds no generated digits_dvs. Expected {self.raw_layout(raw_dir)}.")
+        return super().recordings(raw_dir, split)
+
+
+def spec_for(cfg: DigitsDVSConfig) -> DigitsDVS:
+    """The spec matching a config (its sensor size); `SPEC` is the one for the default config."""
+    return DigitsDVS(cfg.sensor_size)
+
+
+SPEC = DigitsDVS()
+
+
+# ------------------------------------------------------------------------------------------ source + plan
+@functools.lru_cache(maxsize=1)
+def load_source() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: images float64 (1797, 8, 8) in [0, 1] (ink = 1), labels int64 (1797,)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.asarray(d.images, np.float64) / 16.0
+    labels = np.asarray(d.target, np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+class RecordingPlan(NamedTuple):
+    """One recording to synthesise: ``sources`` are indices into `load_source`, in presentation order."""
+
+    index: int  # position in the dataset's recording order (seeds its noise)
+    name: str  # file stem, e.g. "user07_lab"
+    user: int
+    condition: str
+    split: str  # "train" | "test"
+    sources: tuple[int, ...]
+
+
+def plan_recordings(cfg: DigitsDVSConfig, labels: np.ndarray | None = None) -> list[RecordingPlan]:
+    """Partition the digits among users and conditions (see the module docstring), deterministically by seed."""
+    labels = load_source()[1] if labels is None else np.asarray(labels)
+    rng = np.random.default_rng([cfg.seed, 0])
+    perm = rng.permutation(len(labels))
+    # rank of each digit within its class in permutation order -> class-interleaved order
+    rank = np.empty(len(perm), np.int64)
+    for c in np.unique(labels):
+        members = perm[labels[perm] == c]
+        rank[members] = np.arange(len(members))
+    order = perm[np.lexsort((labels[perm], rank[perm]))][: cfg.n_samples]
+    conditions = list(cfg.conditions)
+    chunks = np.array_split(order, cfg.users * len(conditions))
+    first_test = cfg.users - cfg.test_users + 1
+    plans = []
+    for k, chunk in enumerate(chunks):
+        user, cond = k // len(conditions) + 1, conditions[k % len(conditions)]
+        shown = rng.permutation(chunk)
+        plans.append(RecordingPlan(k, f"user{user:02d}_{cond}", user, cond, "test" if user >= first_test else "train",
+                                   tuple(int(i) for i in shown)))
+    return plans
+
+
+def draw_thresholds(cfg: DigitsDVSConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The sensor's per-pixel (ON, OFF) contrast thresholds, float64 (H, W) each, shared by every recording."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    shape = (cfg.sensor, cfg.sensor)
+    on = rng.normal(cfg.threshold_mean, cfg.threshold_std, shape)
+    off = rng.normal(cfg.threshold_mean, cfg.threshold_std, shape)
+    return np.maximum(on, cfg.threshold_min), np.maximum(off, cfg.threshold_min)
+
+
+# ------------------------------------------------------------------------------------------ scene
+class Schedule(NamedTuple):
+    """A recording's timeline in µs: digit ``i`` appears at ``appear_us[i]`` (``appear_us[n]``: the screen goes
+    blank), its window is ``windows_us[i] = [start, end)``, the recording lasts ``duration_us``."""
+
+    appear_us: np.ndarray  # int64 (n + 1,)
+    windows_us: np.ndarray  # int64 (n, 2)
+    duration_us: int
+
+
+def schedule(n: int, cfg: DigitsDVSConfig) -> Schedule:
+    """The timeline of a recording presenting ``n`` digits."""
+    period = cfg.gap_us + cfg.motion_us
+    appear = cfg.gap_us + period * np.arange(n + 1, dtype=np.int64)
+    windows = np.stack([appear[:-1] + cfg.gap_us, appear[1:]], axis=1)
+    return Schedule(appear, windows, int(appear[-1] + cfg.gap_us))
+
+
+def _triangle(cfg: DigitsDVSConfig) -> np.ndarray:
+    a = float(cfg.saccade_px)
+    return np.array([[0.0, a], [a / 2, 0.0], [a, a]])
+
+
+def _scene_steps(sched: Schedule, cfg: DigitsDVSConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per scene sample ``k`` (time ``k * dt_us``): canvas index (0 = blank, i + 1 = digit i) and offsets (dx, dy)."""
+    n = len(sched.appear_us) - 1
+    t = np.arange(sched.duration_us // cfg.dt_us + 1, dtype=np.int64) * cfg.dt_us
+    seg = np.searchsorted(sched.appear_us, t, side="left")  # number of appearances strictly before t
+    image = np.where((seg >= 1) & (seg <= n), seg, 0).astype(np.int32)
+    tau = t - (sched.appear_us[np.clip(seg - 1, 0, n)] + cfg.gap_us)  # time into the motion (<= 0: at rest)
+    tau = np.clip(tau, 0, cfg.motion_us).astype(np.float64)
+    sweep = np.minimum((tau // cfg.saccade_us).astype(np.int64), cfg.n_saccades - 1)
+    frac = (tau - sweep * cfg.saccade_us) / cfg.saccade_us
+    tri = _triangle(cfg)
+    start, end = tri[sweep % 3], tri[(sweep + 1) % 3]
+    pos = start + (end - start) * frac[:, None]
+    pos[image == 0] = tri[0]
+    return image, np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1])
+
+
+def _canvases(images8: np.ndarray, background: float, cfg: DigitsDVSConfig) -> np.ndarray:
+    """Log-intensity canvases float64 (n + 1, S*sensor, S*sensor): index 0 blank, i + 1 digit i."""
+    s, side = cfg.oversample, cfg.sensor * cfg.oversample
+    origin = (cfg.sensor - cfg.digit_px - cfg.saccade_px) / 2.0  # digit's top-left at rest offset (0, 0)
+    scale = cfg.digit_px / 8.0
+    c = (np.arange(side) + 0.5) / s  # canvas sample positions, sensor pixels
+    u = (c - origin) / scale - 0.5 + 2  # source pixel coordinate in the 2-padded 8x8 image
+    uu, vv = np.meshgrid(u, u, indexing="ij")  # (row, col)
+    out = np.empty((len(images8) + 1, side, side))
+    out[0] = np.log(background)
+    for i, img in enumerate(images8):
+        padded = np.pad(img, 2)
+        d = ndimage.map_coordinates(padded, [uu.ravel(), vv.ravel()], order=3, mode="nearest")
+        d = np.clip(d, 0.0, 1.0).reshape(side, side)
+        out[i + 1] = np.log(background + (1.0 - background) * d)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@nb.njit(cache=True, nogil=True)
+def _pixel_events(L, dt_us, theta_on, theta_off, refractory_us, noise_t, noise_p, out_t, out_p):
+    """One pixel's events from its log intensity ``L`` (n_steps,) sampled every ``dt_us`` µs (linear between
+    samples), plus its sorted candidate noise times/polarities. Writes times (int64 µs) and polarities into
+    ``out_t``/``out_p``; returns the count, or -1 when the buffers are too small."""
+    n = 0
+    ref = L[0]
+    release = np.int64(-1)  # the pixel is held in reset while t < release
+    ni = 0
+    nn = noise_t.shape[0]
+    cap = out_t.shape[0]
+    for k in range(1, L.shape[0]):
+        t0 = np.int64(k - 1) * dt_us
+        t1 = t0 + dt_us
+        L0 = L[k - 1]
+        L1 = L[k]
+        slope = (L1 - L0) / dt_us
+        ts = t0
+        while True:
+            if release >= t1:  # held through the whole rest of the step: the reference follows
+                ref = L1
+                break
+            if release > ts:  # the hold ends inside this step
+                ts = release
+                ref = L0 + slope * (ts - t0)
+            while ni < nn and noise_t[ni] < ts:  # noise candidates that fell inside a hold are dropped
+                ni += 1
+            te = np.int64(-1)
+            pol = 0
+            if L1 - ref >= theta_on:
+                tc = t0 + (ref + theta_on - L0) / slope
+                te = np.int64(np.ceil(tc))
+                pol = 1
+            elif ref - L1 >= theta_off:
+                tc = t0 + (ref - theta_off - L0) / slope
+                te = np.int64(np.ceil(tc))
+                pol = 0
+            if te >= 0:
+                te = min(max(te, ts + 1), t1)  # guard float rounding: a crossing lies in (ts, t1]
+            if ni < nn and noise_t[ni] <= t1 and (te < 0 or noise_t[ni] < te):
+                te = noise_t[ni]
+                pol = noise_p[ni]
+                ni += 1
+            elif te < 0:
+                break
+            if n == cap:
+                return -1
+            out_t[n] = te
+            out_p[n] = pol
+            n += 1
+            ts = te
+            ref = L0 + slope * (te - t0)
+            release = te + refractory_us
+    return n
+
+
+@nb.njit(cache=True, nogil=True)
+def _render_pixel(canvases, image, dx, dy, oversample, x, y, out):
+    """Bilinear sample of the log canvases at pixel (x, y)'s centre for every scene step; clamps at the edge."""
+    hc = canvases.shape[1]
+    wc = canvases.shape[2]
+    for k in range(image.shape[0]):
+        fx = (x + 0.5 - dx[k]) * oversample - 0.5
+        fy = (y + 0.5 - dy[k]) * oversample - 0.5
+        if fx <= 0.0:
+            ix, ax = 0, 0.0
+        elif fx >= wc - 1:
+            ix, ax = wc - 2, 1.0
+        else:
+            ix = int(fx)
+            ax = fx - ix
+        if fy <= 0.0:
+            iy, ay = 0, 0.0
+        elif fy >= hc - 1:
+            iy, ay = hc - 2, 1.0
+        else:
+            iy = int(fy)
+            ay = fy - iy
+        c = canvases[image[k]]
+        top = (1.0 - ax) * c[iy, ix] + ax * c[iy, ix + 1]
+        bot = (1.0 - ax) * c[iy + 1, ix] + ax * c[iy + 1, ix + 1]
+        out[k] = (1.0 - ay) * top + ay * bot
+
+
+@nb.njit(cache=True, nogil=True)
+def _run_pixel(L, dt_us, th_on, th_off, refractory_us, nt, npol):
+    """Allocate a buffer that provably fits (each signal event needs a log change >= its threshold since the
+    last release) and run `_pixel_events`."""
+    tv = 0.0
+    for k in range(1, L.shape[0]):
+        tv += abs(L[k] - L[k - 1])
+    bound = int(tv / min(th_on, th_off)) + nt.shape[0] + 4
+    buf_t = np.empty(bound, np.int64)
+    buf_p = np.empty(bound, np.uint8)
+    m = _pixel_events(L, dt_us, th_on, th_off, refractory_us, nt, npol, buf_t, buf_p)
+    if m < 0:
+        raise RuntimeError("digits_dvs: event buffer bound violated")
+    return buf_t[:m], buf_p[:m]
+
+
+@nb.njit(cache=True, nogil=True)
+def _append(out_t, out_p, out_pix, n, bt, bp, pix):
+    """Append one pixel's events to growable outputs (capacity doubles); returns the (possibly new) arrays."""
+    m = bt.shape[0]
+    if n + m > out_t.shape[0]:
+        cap = out_t.shape[0]
+        while n + m > cap:
+            cap *= 2
+        grown_t, grown_p, grown_pix = np.empty(cap, np.int64), np.empty(cap, np.uint8), np.empty(cap, np.int32)
+        grown_t[:n] = out_t[:n]
+        grown_p[:n] = out_p[:n]
+        grown_pix[:n] = out_pix[:n]
+        out_t, out_p, out_pix = grown_t, grown_p, grown_pix
+    out_t[n:n + m] = bt
+    out_p[n:n + m] = bp
+    out_pix[n:n + m] = pix
+    return out_t, out_p, out_pix
+
+
+@nb.njit(cache=True, nogil=True)
+def _emulate_scene(canvases, image, dx, dy, oversample, width, height, dt_us, theta_on, theta_off,
+                   refractory_us, noise_ptr, noise_t, noise_p):
+    """All pixels of a rendered scene -> events (t int64, p uint8, pixel index int32 = y * width + x), pixel-major.
+
+    canvases: log intensity (K, Hc, Wc); image int32 (n_steps,) canvas per step; dx, dy (n_steps,) offsets;
+    theta_on/off (height, width); noise as CSR per pixel (ptr (width*height + 1,), t sorted, p)."""
+    L = np.empty(image.shape[0], np.float64)
+    out_t, out_p, out_pix = np.empty(1 << 16, np.int64), np.empty(1 << 16, np.uint8), np.empty(1 << 16, np.int32)
+    n = 0
+    for y in range(height):
+        for x in range(width):
+            pix = y * width + x
+            _render_pixel(canvases, image, dx, dy, oversample, x, y, L)
+            a, b = noise_ptr[pix], noise_ptr[pix + 1]
+            bt, bp = _run_pixel(L, dt_us, theta_on[y, x], theta_off[y, x], refractory_us, noise_t[a:b], noise_p[a:b])
+            out_t, out_p, out_pix = _append(out_t, out_p, out_pix, n, bt, bp, pix)
+            n += bt.shape[0]
+    return out_t[:n], out_p[:n], out_pix[:n]
+
+
+@nb.njit(cache=True, nogil=True)
+def _emulate_log(L, dt_us, theta_on, theta_off, refractory_us, noise_ptr, noise_t, noise_p):
+    """Like `_emulate_scene` for given log intensities ``L`` (n_pixels, n_steps) and thresholds (n_pixels,)."""
+    out_t, out_p, out_pix = np.empty(1 << 10, np.int64), np.empty(1 << 10, np.uint8), np.empty(1 << 10, np.int32)
+    n = 0
+    for pix in range(L.shape[0]):
+        a, b = noise_ptr[pix], noise_ptr[pix + 1]
+        bt, bp = _run_pixel(L[pix], dt_us, theta_on[pix], theta_off[pix], refractory_us, noise_t[a:b], noise_p[a:b])
+        out_t, out_p, out_pix = _append(out_t, out_p, out_pix, n, bt, bp, pix)
+        n += bt.shape[0]
+    return out_t[:n], out_p[:n], out_pix[:n]
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+def _shot_noise(rng: np.random.Generator, n_pixels: int, duration_us: int, rate_hz: float):
+    """Poisson candidate noise per pixel: CSR (ptr int64 (n_pixels + 1,), t int64 sorted per pixel in
+    [1, duration_us], p uint8)."""
+    counts = rng.poisson(rate_hz * duration_us * 1e-6, n_pixels)
+    total = int(counts.sum())
+    pix = np.repeat(np.arange(n_pixels), counts)
+    t = rng.integers(1, duration_us + 1, total, dtype=np.int64)
+    p = rng.integers(0, 2, total).astype(np.uint8)
+    order = np.lexsort((t, pix))
+    ptr = np.zeros(n_pixels + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    return ptr, np.ascontiguousarray(t[order]), np.ascontiguousarray(p[order])
+
+
+def _to_events(t: np.ndarray, p: np.ndarray, pix: np.ndarray, width: int) -> np.ndarray:
+    order = np.argsort(t, kind="stable")  # ties keep pixel order: deterministic
+    t, p, pix = t[order], p[order], pix[order]
+    return make_events(pix % width, pix // width, t, p)
+
+
+def emulate_log(log_intensity: np.ndarray, dt_us: int, theta_on, theta_off, refractory_us: int,
+                noise_hz: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The pixel model on a given scene: ``log_intensity`` float (n_steps, H, W), sampled every ``dt_us`` µs
+    from t = 0; thresholds scalars or (H, W). Returns sorted ``EVENT_DTYPE`` events (t in µs)."""
+    L = np.asarray(log_intensity, np.float64)
+    if L.ndim != 3 or L.shape[0] < 1:
+        raise ValueError(f"log_intensity must be (n_steps, H, W), got shape {L.shape}")
+    n_steps, h, w = L.shape
+    th_on = np.broadcast_to(np.asarray(theta_on, np.float64), (h, w)).ravel().copy()
+    th_off = np.broadcast_to(np.asarray(theta_off, np.float64), (h, w)).ravel().copy()
+    if np.any(th_on <= 0) or np.any(th_off <= 0):
+        raise ValueError("thresholds must be positive")
+    if noise_hz > 0 and rng is None:
+        raise ValueError("noise_hz > 0 needs an rng")
+    ptr, nt, npol = _shot_noise(rng or np.random.default_rng(0), h * w, (n_steps - 1) * dt_us, noise_hz)
+    pix_major = np.ascontiguousarray(L.reshape(n_steps, h * w).T)
+    t, p, pix = _emulate_log(pix_major, np.int64(dt_us), th_on, th_off, np.int64(refractory_us), ptr, nt, npol)
+    return _to_events(t, p, pix, w)
+
+
+def emulate_recording(images8: np.ndarray, condition: Condition, thresholds: tuple[np.ndarray, np.ndarray],
+                      cfg: DigitsDVSConfig, rng: np.random.Generator) -> tuple[np.ndarray, Schedule]:
+    """One recording presenting ``images8`` (n, 8, 8) in [0, 1] in order. Returns (sorted events, schedule)."""
+    images8 = np.asarray(images8, np.float64)
+    if images8.ndim != 3 or images8.shape[1:] != (8, 8) or len(images8) == 0:
+        raise ValueError(f"images8 must be (n >= 1, 8, 8), got shape {images8.shape}")
+    sched = schedule(len(images8), cfg)
+    image, dx, dy = _scene_steps(sched, cfg)
+    canv = _canvases(images8, condition.background, cfg)
+    ptr, nt, npol = _shot_noise(rng, cfg.sensor * cfg.sensor, sched.duration_us, condition.noise_hz)
+    t, p, pix = _emulate_scene(canv, image, dx, dy, np.float64(cfg.oversample), cfg.sensor, cfg.sensor,
+                               np.int64(cfg.dt_us), thresholds[0], thresholds[1], np.int64(cfg.refractory_us),
+                               ptr, nt, npol)
+    return _to_events(t, p, pix, cfg.sensor), sched
+
+
+class SynthRecording(NamedTuple):
+    plan: RecordingPlan
+    events: np.ndarray  # EVENT_DTYPE, sorted by t
+    windows: list[Window]  # one per presented digit, in time order, 0-based labels
+
+
+def _synth_one(plan: RecordingPlan, cfg: DigitsDVSConfig, thresholds) -> SynthRecording:
+    images, labels = load_source()
+    rng = np.random.default_rng([cfg.seed, 2, plan.index])
+    src = np.asarray(plan.sources)
+    events, sched = emulate_recording(images[src], cfg.conditions[plan.condition], thresholds, cfg, rng)
+    windows = [Window(int(labels[s]), int(a), int(b), row=r + 2)
+               for r, (s, (a, b)) in enumerate(zip(src, sched.windows_us))]
+    return SynthRecording(plan, events, windows)
+
+
+def synthesize(cfg: DigitsDVSConfig, workers: int = 1) -> Iterator[SynthRecording]:
+    """Every recording of the dataset, in plan order. The kernels release the GIL, so ``workers`` threads
+    run recordings concurrently; the result does not depend on ``workers``."""
+    plans = plan_recordings(cfg)
+    thresholds = draw_thresholds(cfg)
+    load_source()
+    if workers <= 1:
+        for plan in plans:
+            yield _synth_one(plan, cfg, thresholds)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(lambda pl: _synth_one(pl, cfg, thresholds), plans)

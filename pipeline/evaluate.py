@@ -1,0 +1,131 @@
+"""Stage: accuracy of a trained run at several inference T, firing rates, and a synaptic-operation estimate.
+
+    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64]
+
+The test split is rebinned at each T (frame caches built on demand from the run's event store, with the run's
+binning parameters). Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T) and
+``<run>/accuracy_vs_T.png``.
+
+Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
+(multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
+synapse it drives. The first layer sees real-valued frames, so its cost is reported separately as dense MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.config import BinConfig
+from pipeline.data import CacheView, MultiViewDataset
+from pipeline.frames import Binning, ensure_frame_cache
+from pipeline.train import load_run
+
+__all__ = ["evaluate_run", "main"]
+
+
+class _OpCounter:
+    """Forward hooks on Conv2d/Linear: MACs per call and the fraction of non-zero inputs."""
+
+    def __init__(self, net: nn.Module):
+        self.layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        self.sops = 0.0
+        self.first_macs = 0.0
+        self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
+
+    def _hook(self, module: nn.Module, inputs, output) -> None:
+        x = inputs[0]
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        else:
+            k = module.in_features
+        macs = float(output.numel()) * k
+        if module is self.layers[0]:
+            self.first_macs += macs
+        else:
+            self.sops += macs * float((x != 0).float().mean())
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: Path, Ts: list[int], batch_size: int = 64, progress: bool = True) -> list[dict]:
+    """Accuracy, firing rates and SOPs of the deployed network at each T in ``Ts``."""
+    net, ckpt = load_run(run_dir)
+    bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
+    rows = []
+    for T in Ts:
+        b = Binning(T=T, by=bin_cfg.by, semantics=bin_cfg.semantics, out_size=bin_cfg.out_size, dtype=bin_cfg.dtype)
+        cache = ensure_frame_cache(ckpt["store_path"], "test", b, ckpt["frames_root"], bin_cfg.format, progress)
+        loader = DataLoader(MultiViewDataset({"x": CacheView(cache, in_memory=True)}), batch_size)
+        counter = _OpCounter(net)
+        correct, n, rates = 0, 0, {}
+        for views, y in loader:
+            out = net(views["x"].transpose(0, 1).contiguous(), record_rates=True)
+            correct += int((out.logits.mean(0).argmax(1) == y).sum())
+            for k, v in out.rates.items():
+                rates[k] = rates.get(k, 0.0) + v * len(y)
+            n += len(y)
+        counter.close()
+        rows.append({"T": T, "test_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
+                     "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
+                     "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
+                     "rates": {k: v / max(n, 1) for k, v in rates.items()}})
+        print(f"T={T:>3}: test acc {rows[-1]['test_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
+              f"mean firing rate {rows[-1]['mean_rate']:.4f}")
+    return rows
+
+
+def _plot(rows: list[dict], title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([r["T"] for r in rows], [100 * r["test_acc"] for r in rows], "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("inference timesteps T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--T", type=int, nargs="+", help="inference timesteps (default: the run's train.eval_T)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if not (args.run_dir / "checkpoint.pt").exists():
+        print(f"error: {args.run_dir / 'checkpoint.pt'} not found; train first (python -m pipeline.train)",
+              file=sys.stderr)
+        return 2
+    ckpt_cfg = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]["train"]
+    Ts = args.T or sorted(set(ckpt_cfg.get("eval_T") or []) | {ckpt_cfg["T_s"]})
+    rows = evaluate_run(args.run_dir, Ts, args.batch_size, progress=not args.no_progress)
+    (args.run_dir / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
+    with open(args.run_dir / "eval.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
+        w.writeheader()
+        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    _plot(rows, f"{args.run_dir.parent.name} / {args.run_dir.name}", args.run_dir / "accuracy_vs_T.png")
+    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Frame caches: one per (dataset, split, binning parameters), built atomically, validated on open.
+
+Layout (a public contract; readable with plain ``zarr`` or ``h5py``)::
+
+    <frames_root>/<dataset>/<split>-T<T>-<by>-<H>x<W>-<semantics>-<dtype>-<key>.zarr   (or .h5)
+        frames (N, T, P, H, W)   one sample per chunk; Zarr shards of `SHARD_SAMPLES` samples
+        label i2 (N), recording i4 (N), window_start_us i8 (N), window_end_us i8 (N)   (from the event store)
+        attrs: format = "tssd-frame-cache", format_version, complete, key, dataset, split, classes,
+               sensor_size [W, H, P] of the frames, binning {T, by, semantics, out_size, dtype, overlap},
+               source {store_id, path, split}, saturated (total increments lost to dtype saturation),
+               saturated_samples
+
+``key`` is the sha256 (first 16 hex digits) of every input that changes the bytes: the binning parameters, the
+source store's ``store_id``, the split and the format version; it is part of the file name, so a change of any
+parameter or of the source reads a different cache and never a stale one. As in the event store, HDF5
+attribute values are JSON strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zarr
+from tqdm import tqdm
+from zarr.codecs import BloscCodec
+
+from pipeline.binning import bin_batch
+from pipeline.events import SensorSize
+from pipeline.store import (
+    EventSplit,
+    StoreError,
+    atomic_output,
+    check_header,
+    open_event_store,
+    open_node,
+    stable_hash,
+    store_format,
+)
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Binning",
+    "FrameCache",
+    "cache_path",
+    "build_frame_cache",
+    "open_frame_cache",
+    "ensure_frame_cache",
+]
+
+FORMAT = "tssd-frame-cache"
+FORMAT_VERSION = 1
+SHARD_SAMPLES = 64
+_DTYPES = ("uint8", "int16", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Binning:
+    """Every parameter that shapes a frame cache's bytes.
+
+    ``by='time'`` bins into ``T`` frames along time (``n_time_bins``), ``by='count'`` along the event index
+    (``n_event_bins``); ``semantics`` is ``exact`` (lossless), ``tonic`` or ``spikingjelly`` (see
+    `pipeline.binning`); ``out_size=(H', W')`` downsamples while binning.
+    """
+
+    T: int
+    by: str = "time"
+    semantics: str = "exact"
+    out_size: tuple[int, int] | None = None
+    dtype: str = "int16"
+    overlap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.T <= 0:
+            raise ValueError(f"T must be positive, got {self.T}")
+        if self.by not in ("time", "count"):
+            raise ValueError(f"by={self.by!r}; choose 'time' or 'count'")
+        if self.semantics not in ("exact", "tonic", "spikingjelly"):
+            raise ValueError(f"semantics={self.semantics!r}; choose exact, tonic or spikingjelly")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; choose one of {', '.join(_DTYPES)}")
+        if self.out_size is not None:
+            object.__setattr__(self, "out_size", tuple(int(v) for v in self.out_size))
+
+    def kwargs(self) -> dict:
+        """Keyword arguments for `pipeline.binning.bin_batch` / `to_frames`."""
+        slicing = {"n_time_bins": self.T} if self.by == "time" else {"n_event_bins": self.T}
+        return {**slicing, "semantics": self.semantics, "out_size": self.out_size, "dtype": np.dtype(self.dtype),
+                "overlap": self.overlap}
+
+    def frame_sensor(self, sensor: SensorSize) -> SensorSize:
+        """Sensor size of the frames: ``out_size`` replaces (W, H)."""
+        if self.out_size is None:
+            return sensor
+        return SensorSize(self.out_size[1], self.out_size[0], sensor.polarities)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["out_size"] = list(self.out_size) if self.out_size else None
+        return d
+
+
+def _key(binning: Binning, store_id: str, split: str, sensor: SensorSize) -> str:
+    return stable_hash({"binning": binning.as_dict(), "store_id": store_id, "split": split,
+                        "sensor_size": list(sensor), "format_version": FORMAT_VERSION})[:16]
+
+
+def cache_path(frames_root: str | Path, dataset: str, split: str, binning: Binning, store_id: str,
+               sensor: SensorSize, fmt: str = "zarr") -> Path:
+    """Where the cache for these inputs lives; the name carries the key of every input."""
+    s = binning.frame_sensor(sensor)
+    name = (f"{split}-T{binning.T}-{binning.by}-{s.height}x{s.width}-{binning.semantics}-{binning.dtype}"
+            f"-{_key(binning, store_id, split, sensor)}")
+    return Path(frames_root) / dataset / f"{name}.{'zarr' if fmt == 'zarr' else 'h5'}"
+
+
+def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, out: str | Path, *,
+                      block_samples: int = SHARD_SAMPLES, progress: bool = True) -> Path:
+    """Bin every sample of ``split`` and write the cache ``out`` atomically. Returns ``out``."""
+    out = Path(out)
+    fmt = store_format(out)
+    sensor = SensorSize.of(store_attrs["sensor_size"])
+    fs = binning.frame_sensor(sensor)
+    n = len(split)
+    shape = (n, binning.T, fs.polarities, fs.height, fs.width)
+    chunk = (1, *shape[1:])
+    dtype = np.dtype(binning.dtype)
+    sat_total, sat_samples = 0, 0
+    with atomic_output(out) as tmp:
+        if fmt == "zarr":
+            root = zarr.open_group(tmp, mode="w-")
+            frames = root.create_array("frames", shape=shape, dtype=dtype, chunks=chunk,
+                                       shards=(min(SHARD_SAMPLES, max(n, 1)), *shape[1:]),
+                                       compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+        else:
+            root = h5py.File(tmp, "w-", libver="latest")
+            frames = root.create_dataset("frames", shape=shape, dtype=dtype, chunks=chunk if n else None,
+                                         compression="lzf")
+        try:
+            bar = tqdm(total=n, desc=f"bin {store_attrs['dataset']}/{split.name} T={binning.T}", unit="sample",
+                       disable=not progress, file=sys.stderr)
+            step = max(SHARD_SAMPLES, block_samples // SHARD_SAMPLES * SHARD_SAMPLES)  # whole shards per write
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                lo, hi = int(split.offsets[a]), int(split.offsets[b])
+                cols = split.event_slice(lo, hi)
+                block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"], split.offsets[a : b + 1] - lo,
+                                       sensor, **binning.kwargs())
+                frames[a:b] = block
+                sat_total += int(sat.sum())
+                sat_samples += int(np.count_nonzero(sat))
+                bar.update(b - a)
+            bar.close()
+            arrays = {"label": split.labels.astype("<i2"), "recording": split.recording.astype("<i4"),
+                      "window_start_us": split.window_us[:, 0].copy(), "window_end_us": split.window_us[:, 1].copy()}
+            for name, data in arrays.items():
+                if fmt == "zarr":
+                    root.create_array(name, data=data, chunks=(max(n, 1),))
+                else:
+                    root.create_dataset(name, data=data)
+            attrs = {
+                "format": FORMAT, "format_version": FORMAT_VERSION,
+                "key": _key(binning, store_attrs["store_id"], split.name, sensor),
+                "dataset": store_attrs["dataset"], "split": split.name, "classes": store_attrs["classes"],
+                "sensor_size": list(fs), "binning": binning.as_dict(),
+                "source": {"store_id": store_attrs["store_id"], "path": str(split.path), "split": split.name},
+                "saturated": sat_total, "saturated_samples": sat_samples, "complete": True,
+            }
+            for k, v in attrs.items():
+                root.attrs[k] = v if fmt == "zarr" else json.dumps(v)
+        finally:
+            if fmt == "h5":
+                root.close()
+    return out
+
+
+class FrameCache:
+    """An opened, validated frame cache: ``frames`` (lazy array), ``labels``, ``attrs``.
+
+    Handles open lazily and are dropped on pickling (DataLoader-worker safe).
+    """
+
+    def __init__(self, path: str | Path, binning: Binning | None = None, store_id: str | None = None):
+        self.path = Path(path)
+        self.fmt = store_format(self.path)
+        root = open_node(self.path, self.fmt)
+        try:
+            self.attrs = dict(root.attrs) if self.fmt == "zarr" else {k: json.loads(v) for k, v in root.attrs.items()}
+            check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
+            self.labels = np.asarray(root["label"][:], np.int64)
+            self.shape = tuple(root["frames"].shape)
+        finally:
+            if self.fmt == "h5":
+                root.close()
+        problems = []
+        if binning is not None and self.attrs["binning"] != binning.as_dict():
+            problems.append(f"binning {self.attrs['binning']} != requested {binning.as_dict()}")
+        if store_id is not None and self.attrs["source"]["store_id"] != store_id:
+            problems.append(f"source store {self.attrs['source']['store_id'][:12]}… != {store_id[:12]}…")
+        if problems:
+            raise StoreError(f"{self.path} does not match what was asked: " + "; ".join(problems))
+        self._frames = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_frames": None}
+
+    @property
+    def frames(self):
+        """The lazy ``(N, T, P, H, W)`` array (zarr array or h5py dataset)."""
+        if self._frames is None:
+            self._frames = open_node(self.path, self.fmt)["frames"]
+        return self._frames
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def binning(self) -> Binning:
+        return Binning(**self.attrs["binning"])
+
+
+def open_frame_cache(path: str | Path, binning: Binning | None = None, store_id: str | None = None) -> FrameCache:
+    """Open a cache; with ``binning``/``store_id`` given, refuse one built from other parameters or source."""
+    return FrameCache(path, binning, store_id)
+
+
+def ensure_frame_cache(store_path: str | Path, split: str, binning: Binning, frames_root: str | Path,
+                       fmt: str = "zarr", progress: bool = True) -> FrameCache:
+    """Open the cache for (store, split, binning), building it first when it does not exist."""
+    store = open_event_store(store_path)
+    path = cache_path(frames_root, store.attrs["dataset"], split, binning, store.store_id, store.sensor_size, fmt)
+    if not path.exists():
+        build_frame_cache(store[split], store.attrs, binning, path, progress=progress)
+    return open_frame_cache(path, binning, store.store_id)

@@ -1,0 +1,366 @@
+"""Stage: train a Norse LIF network with TSSD (or an ablation) on frame caches.
+
+    python -m pipeline.train <dataset> [--method baseline|tsd|ssd|tssd] [--epochs N] [--out DIR] [--resume]
+                                       [--set train.lr=0.05 ...]
+    torchrun --nproc_per_node=N -m pipeline.train <dataset> ...        (data-parallel, DDP)
+
+TSSD (temporal-spatial self-distillation, arXiv 2406.07862) in one step::
+
+    student = model(x at T_s)                 # the network as deployed
+    teacher = model(x at T_t)                 # the same weights, the same sample and augmentation, more timesteps
+    L = CE(student) + CE(teacher) + alpha * KD(student <- teacher) + beta * KD(weak head <- student)
+
+Inference runs the student alone at T_s (`SpikingNet.deploy()` drops the weak heads): no extra cost.
+
+Outputs in ``<runs_root>/<dataset>/<method>/``: ``checkpoint.pt`` (model, optimizer, scheduler, config,
+epoch, best metric, history; written atomically every epoch), ``history.csv`` (one row per epoch) and
+``metrics.json`` (test accuracy at T_s and T_t, best epoch, deploy parameter count, wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from models.losses import METHODS, tssd_loss
+from models.nets import SpikingNet, build_model, count_parameters
+from models.neurons import configure_cpu
+from pipeline.config import BinConfig, IngestConfig, PathsConfig, TrainConfig, apply_overrides, build, load_params
+from pipeline.data import Augment, CacheView, MultiViewDataset
+from pipeline.frames import Binning, FrameCache, ensure_frame_cache
+from pipeline.store import open_event_store
+
+__all__ = ["run", "main", "TrainingDiverged", "Pair", "load_run"]
+
+HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", "ssd", "weak_task", "train_acc",
+                  "test_acc", "test_acc_teacher", "epoch_s"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class Pair(nn.Module):
+    """One forward call for student and teacher, so DDP sees one graph and one gradient per parameter."""
+
+    def __init__(self, net: SpikingNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x_s: torch.Tensor, x_t: torch.Tensor | None = None):
+        return self.net(x_s), (self.net(x_t) if x_t is not None else None)
+
+
+# ------------------------------------------------------------------------------------------ setup helpers
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _to_tbchw(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """DataLoader batches are [B, T, P, H, W]; the network is time-first [T, B, P, H, W]."""
+    return x.to(device, non_blocking=True).transpose(0, 1).contiguous()
+
+
+def _caches(store_path: Path, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], progress: bool
+            ) -> dict[tuple[str, int], FrameCache]:
+    out = {}
+    for T in sorted(set(Ts)):
+        b = Binning(T=T, by=binning_cfg.by, semantics=binning_cfg.semantics, out_size=binning_cfg.out_size,
+                    dtype=binning_cfg.dtype)
+        for split in ("train", "test"):
+            out[(split, T)] = ensure_frame_cache(store_path, split, b, frames_root, binning_cfg.format, progress)
+    return out
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, view: str, amp: bool) -> float:
+    """Top-1 accuracy of the time-averaged logits on ``view`` of every batch (all ranks' shares summed)."""
+    model.eval()
+    correct = torch.zeros(2, device=device)
+    for views, y in loader:
+        x = _to_tbchw(views[view], device)
+        with _autocast(device, amp):
+            logits = model(x).logits.float().mean(0)
+        correct[0] += (logits.argmax(1).cpu() == y).sum().to(device)
+        correct[1] += len(y)
+    if dist.is_initialized():
+        dist.all_reduce(correct)
+    return float(correct[0] / correct[1].clamp(min=1))
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
+    """The deployable network of a run (no weak heads) and its checkpoint."""
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    m = ckpt["model_args"]
+    net = build_model(m["arch"], in_channels=m["in_channels"], n_classes=m["n_classes"], input_hw=m["input_hw"],
+                      weak_stages=tuple(m["weak_stages"]), neuron=m["neuron"], t_ref=m["t_ref"])
+    net.load_state_dict(ckpt["model"])
+    return net.deploy().to(device), ckpt
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Path, out_dir: Path, *,
+        resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg.method`` on the event store at ``store_path``; writes checkpoint/history/metrics to ``out_dir``."""
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    rank, local_rank, world = 0, 0, 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = _device(cfg, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        configure_cpu()
+    main_proc = rank == 0
+    spec = METHODS[cfg.method]
+    T_s, T_t = cfg.T_s, cfg.teacher_T
+    store = open_event_store(store_path)
+    if main_proc:  # build any missing cache once, before the other ranks open them
+        caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], progress)
+    if distributed:
+        dist.barrier()
+    if not main_proc:
+        caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], False)
+    views = lambda split: {"student": CacheView(caches[(split, T_s)], cfg.in_memory),  # noqa: E731
+                           "teacher": CacheView(caches[(split, T_t)], cfg.in_memory)}
+    aug = Augment(**dataclasses.asdict(cfg.augment))
+    train_ds = MultiViewDataset(views("train"), aug, seed=cfg.seed)
+    test_ds = MultiViewDataset(views("test"), None)
+    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
+    test_sampler = DistributedSampler(test_ds, world, rank, shuffle=False) if distributed else None
+    gen = torch.Generator()
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=cfg.num_workers, generator=gen, drop_last=len(train_ds) > cfg.batch_size,
+                              pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    test_loader = DataLoader(test_ds, cfg.batch_size, sampler=test_sampler, num_workers=cfg.num_workers)
+
+    _, P, H, W = caches[("train", T_s)].shape[1:]
+    n_classes = len(store.attrs["classes"])
+    weak_stages = cfg.weak_stages if spec.spatial or cfg.gamma else ()
+    model_args = {"arch": cfg.arch, "in_channels": int(P), "n_classes": n_classes, "input_hw": [int(H), int(W)],
+                  "weak_stages": None if weak_stages is None else list(weak_stages), "neuron": dict(cfg.neuron),
+                  "t_ref": T_s}
+    torch.manual_seed(cfg.seed)
+    net = build_model(cfg.arch, in_channels=int(P), n_classes=n_classes, input_hw=(int(H), int(W)),
+                      weak_stages=None if weak_stages is None else tuple(weak_stages), neuron=cfg.neuron, t_ref=T_s)
+    model_args["weak_stages"] = list(net.weak_stages)
+    net = net.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    pair: nn.Module = Pair(net)
+    if distributed:
+        pair = nn.parallel.DistributedDataParallel(pair, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = max(cfg.epochs, 1)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if cfg.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    deploy_params = count_parameters(net.deploy())
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    history: list[dict] = []
+    start_epoch, best_acc, best_epoch, wall = 0, -1.0, -1, 0.0
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"]["train"] != _comparable(cfg):
+            raise ValueError(f"{ckpt_path} was trained with another configuration; remove it or drop --resume")
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
+        history, wall = ckpt["history"], ckpt["wall_s"]
+        if main_proc:
+            print(f"resuming {ckpt_path} after epoch {ckpt['epoch']}")
+    if main_proc:
+        print(f"{store.attrs['dataset']} {cfg.method}: {cfg.arch}, T_s={T_s}"
+              f"{f', T_t={T_t}' if spec.uses_teacher else ''}, input {P}x{H}x{W}, {n_classes} classes, "
+              f"{len(train_ds)} train / {len(test_ds)} test, deploy params {deploy_params:,}, "
+              f"training params {count_parameters(net):,}, device {device}, world {world}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch seeds: a resumed run replays the same draws
+        gen.manual_seed(cfg.seed * 1000 + epoch)
+        train_ds.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        pair.train()
+        sums: dict[str, float] = {}
+        n_seen, n_correct = 0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (progress and main_proc),
+                   file=sys.stderr)
+        for batch_views, y in bar:
+            x_s = _to_tbchw(batch_views["student"], device)
+            x_t = _to_tbchw(batch_views["teacher"], device) if spec.uses_teacher else None
+            y = y.to(device)
+            with _autocast(device, cfg.amp):
+                out_s, out_t = pair(x_s, x_t)
+                loss, parts = tssd_loss(out_s, y, teacher=out_t, method=cfg.method, alpha=cfg.alpha, beta=cfg.beta,
+                                        gamma=cfg.gamma, tau_kd=cfg.tau_kd, task_kind=cfg.task_loss,
+                                        tet_lambda=cfg.tet_lambda, teacher_grad=cfg.teacher_grad)
+            if not math.isfinite(parts["total"]):
+                raise TrainingDiverged(
+                    f"loss became {parts['total']} in epoch {epoch + 1} ({parts}); the last good checkpoint "
+                    f"{ckpt_path} is kept -- lower train.lr or check the inputs")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(y)
+            n_seen += len(y)
+            n_correct += int((out_s.logits.detach().float().mean(0).argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{parts['total']:.3f}")
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        test_acc = evaluate(net, test_loader, device, "student", cfg.amp)
+        test_acc_t = evaluate(net, test_loader, device, "teacher", cfg.amp)
+        epoch_s = time.perf_counter() - t0
+        wall += epoch_s
+        row = {"epoch": epoch + 1, "lr": lr, "loss": sums.get("total", 0.0) / max(n_seen, 1),
+               **{k: (sums[k] / n_seen if k in sums else "") for k in
+                  ("task_student", "task_teacher", "tsd", "ssd", "weak_task")},
+               "train_acc": n_correct / max(n_seen, 1), "test_acc": test_acc, "test_acc_teacher": test_acc_t,
+               "epoch_s": epoch_s}
+        history.append(row)
+        if test_acc > best_acc:
+            best_acc, best_epoch = test_acc, epoch + 1
+        if main_proc:
+            terms = " ".join(f"{k}={row[k]:.3f}" for k in ("task_student", "task_teacher", "tsd", "ssd") if row[k] != "")
+            print(f"epoch {epoch + 1:>3}/{cfg.epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
+                  f"test@T_s={test_acc:.3f} test@T_t={test_acc_t:.3f} lr={lr:.4g} {epoch_s:.1f}s", flush=True)
+            _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
+                          "model_args": model_args, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
+                          "history": history, "wall_s": wall, "store_id": store.store_id,
+                          "store_path": str(store_path), "frames_root": str(frames_root)}, ckpt_path)
+    metrics = {}
+    if main_proc:
+        _write_history(out_dir / "history.csv", history)
+        last = history[-1] if history else {}
+        metrics = {"dataset": store.attrs["dataset"], "method": cfg.method, "arch": cfg.arch, "T_s": T_s, "T_t": T_t,
+                   "epochs": len(history), "test_acc_Ts": last.get("test_acc"), "test_acc_Tt": last.get("test_acc_teacher"),
+                   "best_test_acc_Ts": best_acc, "best_epoch": best_epoch, "deploy_params": deploy_params,
+                   "wall_time_s": round(wall, 1), "device": str(device), "world_size": world}
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if distributed:
+        dist.destroy_process_group()
+    return metrics
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The config fields that shape the weights (a resume must match them; epochs may grow)."""
+    d = dataclasses.asdict(cfg)
+    for k in ("epochs", "num_workers", "device", "eval_T", "recipes", "in_memory"):
+        d.pop(k)
+    return d
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, HISTORY_FIELDS)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def resolve(dataset: str, params_path: Path, overrides: list[str]) -> tuple[TrainConfig, BinConfig, PathsConfig]:
+    """Configs for ``dataset``: params.yaml, then the dataset's recipe, then ``--set`` overrides (which win)."""
+    with_cli = apply_overrides(load_params(params_path), overrides)
+    cli_train = {k: v for k, v in apply_overrides({}, overrides).get("train", {}).items() if k != "recipes"}
+    cfg = build(TrainConfig, with_cli.get("train"), "train").for_dataset(dataset, cli_train)
+    bin_cfg = build(BinConfig, with_cli.get("bin"), "bin").for_dataset(dataset)
+    return cfg, bin_cfg, build(PathsConfig, with_cli.get("paths"), "paths")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--method", choices=sorted(METHODS))
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
+    ap.add_argument("--out", type=Path, help="run dir (default: <paths.runs_root>/<dataset>/<method>)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"train.method={args.method}")
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    cfg, bin_cfg, paths = resolve(args.dataset, args.params, overrides)
+    store = args.store or Path(paths.events_root) / f"{args.dataset}.zarr"
+    if not store.exists():
+        code = _ingest_first(args.dataset, store, paths, args.params, args.overrides)
+        if code:
+            return code
+    out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
+    try:
+        run(cfg, bin_cfg, store, Path(paths.frames_root), out, resume=args.resume, progress=not args.no_progress)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _ingest_first(dataset: str, store: Path, paths: PathsConfig, params: Path, overrides: list[str]) -> int:
+    """No event store yet: ingest the raw files if they are there, else say what to download and where."""
+    from pipeline.config import load_section
+    from pipeline.datasets import MissingRawDataError, get_spec
+    from pipeline.ingest import download_hint, ingest, report
+
+    spec = get_spec(dataset)
+    raw = Path(paths.raw_root) / dataset
+    print(f"event store {store} not found: ingesting {raw} first")
+    try:
+        attrs = ingest(spec, raw, store, load_section("ingest", IngestConfig, params, overrides))
+    except MissingRawDataError as err:
+        print(f"error: the raw data of {dataset} is missing ({err}).\n{download_hint(spec, raw)}", file=sys.stderr)
+        return 2
+    print(report(attrs, store))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

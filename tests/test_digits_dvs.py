@@ -1,0 +1,251 @@
+"""digits_dvs: the DVS emulator's model (against a slow per-microsecond reference), determinism, the
+DVS-Gesture on-disk layout, and the generate -> ingest -> event store round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ConfigError, IngestConfig, load_params, load_section
+from pipeline.datasets import digits_dvs as D
+from pipeline.datasets.digits_dvs import Condition, DigitsDVSConfig
+from pipeline.generate import main as generate_main
+from pipeline.generate import run as generate
+from pipeline.ingest import ingest
+from pipeline.store import open_event_store
+
+SMALL = dict(n_samples=24, users=4, test_users=1)  # 8 recordings of 3 digits
+
+
+def small(**kw) -> DigitsDVSConfig:
+    return DigitsDVSConfig(**{**SMALL, **kw})
+
+
+def quiet(**kw) -> DigitsDVSConfig:
+    """No shot noise in any condition."""
+    return small(conditions={"lab": Condition(0.1, 0.0), "natural": Condition(0.25, 0.0)}, **kw)
+
+
+def per_pixel_min_gap(ev: np.ndarray, width: int) -> int:
+    """Smallest time between two events of the same pixel (a large number when no pixel fires twice)."""
+    pix = ev["y"].astype(np.int64) * width + ev["x"]
+    order = np.lexsort((ev["t"], pix))
+    same = pix[order][1:] == pix[order][:-1]
+    gaps = np.diff(ev["t"][order])[same]
+    return int(gaps.min()) if len(gaps) else 1 << 62
+
+
+# ------------------------------------------------------------------------------------------ pixel model
+def reference_events(L: np.ndarray, dt_us: int, th_on, th_off, refractory_us: int, noise) -> set:
+    """The model stepped tick by tick (1 µs), the obvious way. L (n_steps, P); noise: per pixel [(t, p)]."""
+    n_steps, n_pix = L.shape
+    out = set()
+    for i in range(n_pix):
+        ref, release = L[0, i], -1
+        pending = {}
+        for t, p in noise[i]:
+            pending.setdefault(t, []).append(p)
+        for t in range(1, (n_steps - 1) * dt_us + 1):
+            k = -(-t // dt_us)
+            t0 = (k - 1) * dt_us
+            lt = L[k - 1, i] + (L[k, i] - L[k - 1, i]) / dt_us * (t - t0)
+            if t < release:  # held in reset: the reference follows, nothing fires
+                ref = lt
+                continue
+            if t == release:
+                ref = lt
+            if lt - ref >= th_on[i] or ref - lt >= th_off[i]:
+                out.add((i, t, int(lt > ref)))
+                ref, release = lt, t + refractory_us
+            for p in pending.get(t, []):
+                if t >= release:
+                    out.add((i, t, int(p)))
+                    ref, release = lt, t + refractory_us
+    return out
+
+
+@pytest.mark.parametrize("seed,refractory_us", [(0, 300), (1, 0), (2, 1000), (3, 50)])
+def test_pixel_model_matches_microsecond_reference(seed, refractory_us):
+    rng = np.random.default_rng(seed)
+    n_steps, h, w, dt_us = 30, 2, 3, 200
+    L = np.cumsum(rng.normal(0, 0.35, (n_steps, h, w)), axis=0)
+    th_on = rng.uniform(0.1, 0.3, (h, w))
+    th_off = rng.uniform(0.1, 0.3, (h, w))
+    ptr, nt, npol = D._shot_noise(np.random.default_rng(seed + 100), h * w, (n_steps - 1) * dt_us, 1500.0)
+    got = D.emulate_log(L, dt_us, th_on, th_off, refractory_us, 1500.0, np.random.default_rng(seed + 100))
+    noise = [list(zip(nt[ptr[i]:ptr[i + 1]].tolist(), npol[ptr[i]:ptr[i + 1]].tolist())) for i in range(h * w)]
+    want = reference_events(L.reshape(n_steps, -1), dt_us, th_on.ravel(), th_off.ravel(), refractory_us, noise)
+    got_set = {(int(y) * w + int(x), int(t), int(p)) for x, y, t, p in got[["x", "y", "t", "p"]].tolist()}
+    assert len(got) == len(got_set) == len(want) > 20
+    assert got_set == want
+    assert np.all(np.diff(got["t"]) >= 0)
+    assert per_pixel_min_gap(got, w) >= max(refractory_us, 1)
+
+
+def test_static_scene_without_noise_emits_nothing():
+    L = np.full((500, 8, 8), np.log(0.3))
+    L[:, 2:5, 3:6] = 0.0  # a static pattern
+    assert len(D.emulate_log(L, 500, 0.2, 0.2, 1000)) == 0
+
+
+def test_change_spanning_several_thresholds_gives_several_events_in_one_step():
+    L = np.zeros((3, 1, 1))
+    L[2:] = 1.0  # +1.0 during the second step (1024, 2048]; thresholds 0.25 -> 4 ON events in that step
+    ev = D.emulate_log(L, 1024, 0.25, 0.25, refractory_us=0)
+    assert np.all(ev["p"] == 1)
+    np.testing.assert_array_equal(ev["t"], [1280, 1536, 1792, 2048])
+    # a 300 µs refractory period loses the change during each reset: ref = L(1580), next crossing 256 µs later
+    ev = D.emulate_log(L, 1024, 0.25, 0.25, refractory_us=300)
+    np.testing.assert_array_equal(ev["t"], [1280, 1836])
+
+
+# ------------------------------------------------------------------------------------------ recordings
+def test_recording_obeys_the_model():
+    cfg = small()
+    th = D.draw_thresholds(cfg)
+    for rec in list(D.synthesize(cfg))[:2]:
+        ev = rec.events
+        assert np.all(np.diff(ev["t"]) >= 0)
+        assert ev["x"].max() < cfg.sensor and ev["y"].max() < cfg.sensor and ev["t"].min() >= 0
+        assert per_pixel_min_gap(ev, cfg.sensor) >= cfg.refractory_us
+        for w in rec.windows:
+            sel = ev[(ev["t"] >= w.start_us) & (ev["t"] < w.end_us)]
+            assert len(sel) > 1000
+            assert 0.3 < sel["p"].mean() < 0.7  # both polarities, balanced (the digit comes and goes)
+        assert th[0].shape == (cfg.sensor, cfg.sensor) and th[0].min() >= cfg.threshold_min
+
+
+def test_without_noise_events_outside_windows_are_only_the_digit_swaps():
+    cfg = quiet()
+    rec = next(iter(D.synthesize(cfg)))
+    sched = D.schedule(len(rec.windows), cfg)
+    t = rec.events["t"]
+    inside = np.zeros(len(t), bool)
+    for a, b in sched.windows_us:
+        inside |= (t >= a) & (t < b)
+    flash = np.zeros(len(t), bool)
+    for a in sched.appear_us:
+        flash |= (t > a) & (t <= a + cfg.dt_us)
+    assert inside.sum() > 0 and flash.sum() > 0
+    assert np.all(inside | flash)
+    assert [(w.start_us, w.end_us) for w in rec.windows] == [tuple(x) for x in sched.windows_us.tolist()]
+
+
+def test_no_motion_and_no_noise_leaves_every_window_empty():
+    cfg = quiet(saccade_px=0.0)
+    for rec in list(D.synthesize(cfg))[:2]:
+        t = rec.events["t"]
+        assert len(t) > 0  # the swaps flash
+        for w in rec.windows:
+            assert np.count_nonzero((t >= w.start_us) & (t < w.end_us)) == 0
+
+
+def test_plan_partitions_digits_among_whole_users():
+    cfg = DigitsDVSConfig()
+    plans = D.plan_recordings(cfg)
+    assert len(plans) == cfg.users * len(cfg.conditions)
+    sources = np.concatenate([p.sources for p in plans])
+    assert len(sources) == len(set(sources.tolist())) == 1797
+    test_users = {p.user for p in plans if p.split == "test"}
+    assert test_users == set(range(cfg.users - cfg.test_users + 1, cfg.users + 1))
+    labels = D.load_source()[1]
+    hist = np.bincount(labels[np.concatenate([p.sources for p in plans if p.split == "test"])], minlength=10)
+    assert hist.min() >= 30  # class-balanced across users
+    sub = D.plan_recordings(small())
+    assert sorted(np.bincount(labels[np.concatenate([p.sources for p in sub])], minlength=10).tolist()) \
+        == [2] * 6 + [3] * 4
+    assert [p.name for p in sub[:3]] == ["user01_lab", "user01_natural", "user02_lab"]
+
+
+# ------------------------------------------------------------------------------------------ files
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def test_generation_is_deterministic_and_seeded(tmp_path):
+    cfg = small()
+    generate(cfg, tmp_path / "a", workers=1, progress=False)
+    generate(cfg, tmp_path / "b", workers=2, progress=False)
+    a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
+    assert a == b
+    assert {"trials_to_train.txt", "trials_to_test.txt", "user01_lab.aedat", "user01_lab_labels.csv",
+            "user04_natural.aedat", "digits_dvs.json"} <= set(a)
+    assert (tmp_path / "a" / "trials_to_test.txt").read_bytes() == b"user04_lab.aedat\r\nuser04_natural.aedat\r\n"
+    other = next(iter(D.synthesize(small(seed=1)))).events
+    first = next(iter(D.synthesize(cfg))).events
+    assert len(other) != len(first) or not np.array_equal(other, first)
+
+
+def test_generate_ingest_round_trip(tmp_path):
+    cfg = small(seed=3)
+    raw, store_path = tmp_path / "raw", tmp_path / "digits.zarr"
+    (raw).mkdir()
+    (raw / "stale.txt").write_text("replaced atomically")
+    counts = generate(cfg, raw, workers=2, progress=False)
+    assert not (raw / "stale.txt").exists() and not list(tmp_path.glob("raw.tmp-*"))
+    attrs = ingest(D.spec_for(cfg), raw, store_path, IngestConfig(chunk_events=4096, shard_events=65536),
+                   progress=False)
+    store = open_event_store(store_path)
+    assert store.attrs["dataset"] == "digits_dvs" and store.attrs["classes"] == list(D.CLASSES)
+    assert store.attrs["sensor_size"] == [32, 32, 2]
+    assert len(store["train"]) + len(store["test"]) == cfg.n_samples == sum(counts["samples"].values())
+    assert attrs["counts"]["events_read"] == counts["events"]
+    assert attrs["counts"]["stored"] == counts["events_in_windows"]
+    labels = D.load_source()[1]
+    idx = {"train": 0, "test": 0}
+    for rec in D.synthesize(cfg):
+        split = store[rec.plan.split]
+        for w, src in zip(rec.windows, rec.plan.sources):
+            got, label = split[idx[rec.plan.split]]
+            idx[rec.plan.split] += 1
+            assert label == w.label == labels[src]
+            want = rec.events[(rec.events["t"] >= w.start_us) & (rec.events["t"] < w.end_us)]
+            for f in "xytp":
+                np.testing.assert_array_equal(got[f], want[f])
+    assert idx == {"train": 18, "test": 6}
+    meta = store["test"].attrs["recordings"][0]
+    assert meta == {"name": "user04_lab.aedat", "user": 4, "lighting": "lab"}
+
+
+def test_generate_cli(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"paths:\n  raw_root: {tmp_path / 'raw'}\ndigits_dvs:\n  n_samples: 24\n  users: 4\n")
+    rc = generate_main(["digits_dvs", "--params", str(params), "--set", "digits_dvs.test_users=2",
+                        "--no-progress", "--workers", "1"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "samples    train 12, test 12" in out and "per sample" in out
+    assert (tmp_path / "raw" / "digits_dvs" / "user04_natural.aedat").is_file()
+    assert generate_main(["digits_dvs", "--params", str(params), "--set", "digits_dvs.users=1"]) == 2
+
+
+# ------------------------------------------------------------------------------------------ config + spec
+def test_config_loading_and_validation():
+    full = {"digits_dvs": dataclasses.asdict(DigitsDVSConfig())}
+    cfg = load_section("digits_dvs", DigitsDVSConfig, full, ["digits_dvs.conditions.lab.noise_hz=0", "digits_dvs.seed=4"])
+    assert cfg.seed == 4 and cfg.conditions["lab"] == Condition(DigitsDVSConfig().conditions["lab"].background, 0.0)
+    assert cfg.conditions["natural"] == DigitsDVSConfig().conditions["natural"]
+    bad = [{"digits_dvs": {"colour": 1}}, {"digits_dvs": {"n_samples": 2000}}, {"digits_dvs": {"dt_us": 300}},
+           {"digits_dvs": {"conditions": {"Lab Room": {"background": 0.1}}}},
+           {"digits_dvs": {"conditions": {"lab": {"background": 1.5}}}}, {"digits_dvs": {"digit_px": 30}},
+           {"digits_dvs": {"test_users": 30}}, {"digits_dvs": {"refractory_us": 0.5}}]
+    for params in bad:
+        with pytest.raises(ConfigError):
+            load_section("digits_dvs", DigitsDVSConfig, params)
+
+
+def test_params_yaml_section_equals_the_defaults():
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    if "digits_dvs" not in params:
+        pytest.skip("params.yaml has no digits_dvs section yet")
+    assert load_section("digits_dvs", DigitsDVSConfig, params) == DigitsDVSConfig()
+
+
+def test_spec():
+    assert D.SPEC.name == "digits_dvs" and len(D.SPEC.classes) == 10 and D.SPEC.sensor_size == (32, 32, 2)
+    assert D.spec_for(dataclasses.replace(DigitsDVSConfig(), sensor=48, digit_px=30)).sensor_size == (48, 48, 2)
+    with pytest.raises(FileNotFoundError, match="pipeline.generate digits_dvs"):
+        D.SPEC.recordings(Path("/nonexistent/digits"))

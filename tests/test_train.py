@@ -1,0 +1,131 @@
+"""Training: learning on test-written data, resume determinism, divergence handling, DDP, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pipeline.train as train_mod
+from pipeline.config import IngestConfig
+from pipeline.datasets import get_spec
+from pipeline.ingest import ingest
+
+from tests.conftest import make_learnable_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--set", "bin.datasets.dvs_gesture.out_size=[16,16]", "--set", "bin.datasets.dvs_gesture.dtype=int16",
+        "--set", "train.arch=small", "--set", "train.T_s=4", "--set", "train.T_t=null", "--set", "train.batch_size=8",
+        "--set", "train.lr=0.1", "--set", "train.augment.flip_p=0", "--set", "train.augment.max_shift_px=1",
+        "--set", "train.recipes={}", "--no-progress"]  # no flips: the classes are mirror images of each other
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    root = make_learnable_tree(tmp / "raw")
+    out = tmp / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), root, out, IngestConfig(), progress=False)
+    return out
+
+
+def _train(store: Path, out: Path, *extra: str) -> int:
+    return train_mod.main(["dvs_gesture", "--store", str(store), "--out", str(out),
+                           "--set", f"paths.frames_root={store.parent / 'frames'}", *FAST, *extra])
+
+
+@pytest.mark.parametrize("method", ["baseline", "tssd"])
+def test_tiny_training_beats_chance(store, tmp_path, method):
+    assert _train(store, tmp_path / method, "--method", method, "--epochs", "4") == 0
+    m = json.loads((tmp_path / method / "metrics.json").read_text())
+    assert m["test_acc_Ts"] > 0.6, m  # 4 classes present: chance is 0.25
+    assert m["method"] == method and m["T_t"] == 8 and m["deploy_params"] > 0
+    rows = (tmp_path / method / "history.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("epoch,lr,loss,task_student,task_teacher,tsd,ssd")
+    if method == "tssd":
+        assert rows[1].split(",")[5] != ""  # tsd term logged
+
+
+def test_deploy_params_equal_between_methods(store, tmp_path):
+    for method in ("baseline", "tssd"):
+        assert _train(store, tmp_path / method, "--method", method, "--epochs", "0") == 0
+    a, b = (json.loads((tmp_path / m / "metrics.json").read_text())["deploy_params"] for m in ("baseline", "tssd"))
+    assert a == b
+
+
+def test_killed_run_resumed_gives_the_same_weights(store, tmp_path, monkeypatch):
+    assert _train(store, tmp_path / "full", "--epochs", "3") == 0
+    real = train_mod.tssd_loss
+    calls = {"n": 0}
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2 * 9 + 2:  # a few batches into epoch 3 (9 batches of 8 per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "tssd_loss", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        _train(store, tmp_path / "part", "--epochs", "3")
+    monkeypatch.setattr(train_mod, "tssd_loss", real)
+    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert _train(store, tmp_path / "part", "--epochs", "3", "--resume") == 0
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    part = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert part["epoch"] == full["epoch"] == 2
+    for k, v in full["model"].items():
+        assert torch.equal(v, part["model"][k]), k
+    assert [r["loss"] for r in part["history"]] == [r["loss"] for r in full["history"]]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path, monkeypatch, capsys):
+    real = train_mod.tssd_loss
+    calls = {"epoch_batches": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls["epoch_batches"] += 1
+        if calls["epoch_batches"] > 10:  # past the first epoch (9 batches of 8)
+            parts = {**parts, "total": float("nan")}
+        return loss, parts
+
+    monkeypatch.setattr(train_mod, "tssd_loss", poisoned)
+    assert _train(store, tmp_path / "nan", "--epochs", "3") == 3
+    assert "loss became nan in epoch 2" in capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_missing_raw_data_says_what_to_download(tmp_path, capsys):
+    code = train_mod.main(["cifar10_dvs", "--store", str(tmp_path / "none.zarr"),
+                           "--set", f"paths.raw_root={tmp_path / 'raw'}", "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "figshare" in err and str(tmp_path / "raw" / "cifar10_dvs") in err
+
+
+def test_evaluate_writes_accuracy_vs_T(store, tmp_path):
+    from pipeline import evaluate
+
+    assert _train(store, tmp_path / "run", "--epochs", "1") == 0
+    assert evaluate.main([str(tmp_path / "run"), "--T", "1", "4", "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert [r["T"] for r in rows] == [1, 4] and all(0 <= r["test_acc"] <= 1 for r in rows)
+    assert all(r["sops_per_sample"] > 0 and r["rates"] for r in rows)
+    assert (tmp_path / "run" / "accuracy_vs_T.png").exists()
+
+
+def test_ddp_two_cpu_processes(store, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "pipeline.train", "dvs_gesture", "--store", str(store), "--out", str(tmp_path / "ddp"),
+           "--epochs", "1", "--set", f"paths.frames_root={store.parent / 'frames'}", "--set", "train.device=cpu", *FAST]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["epochs"] == 1
