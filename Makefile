@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-all repro bench study clean-venv
+.PHONY: setup test test-all repro check-raw bench study clean-venv
+
+# stages call `python`: put the venv first so they run with the project's interpreter
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # make setup: create .venv and install the project (a no-op when pyproject.toml has not changed)
 setup: $(STAMP)
@@ -23,8 +26,18 @@ test-all: setup
 	$(PY) -m pytest -q
 
 # the whole DVC pipeline: data -> event stores -> frame caches -> models -> report
-repro: setup
-	$(VENV)/bin/dvc repro
+repro: setup check-raw
+	dvc repro
+
+# the real datasets are downloaded by hand: say what is missing, and where it goes, before DVC starts
+check-raw: setup
+	$(PY) -m pipeline.download --check-params params.yaml
+
+# baseline / tsd / ssd / tssd x 3 seeds on digits_dvs (mean ± std in the report); long on a CPU
+study: setup
+	dvc repro bin@digits_dvs
+	$(PY) -m pipeline.study digits_dvs --methods baseline tsd ssd tssd --seeds 0 1 2
+	$(PY) -m pipeline.report
 
 bench: setup
 	$(PY) -m bench
