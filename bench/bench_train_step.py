@@ -137,6 +137,7 @@ def bench_plain_vs_ours(
     model.eval()
     with torch.no_grad():
         diff = (model(x).logits - plain(x)).abs().max().item()
+    assert diff < 1e-4, f"{arch}: our model and the plain per-step loop disagree by {diff}"
     model.train()
     ours_step = sgd_step(model, lambda: task_loss(model(x).logits, y))
     plain_step = sgd_step(model, lambda: task_loss(plain(x), y))

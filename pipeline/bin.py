@@ -5,13 +5,13 @@
                                      [--format zarr|h5] [--store PATH] [--splits train test] [--set bin.key=value]
     python -m pipeline.bin <dataset> --for-training [--prune]
 
-Defaults come from ``params.yaml`` (``bin:``, with per-dataset recipes under ``bin.datasets.<name>``). Each
+Defaults come from ``params.yaml`` (``bin:``, then the dataset's ``recipes.<name>.bin``, then ``--set``). Each
 cache lands at `pipeline.frames.cache_path` (a name derived from every parameter); existing caches with the
 same key are reused, never rebuilt stale. Prints one line per cache.
 
-``--for-training`` builds exactly the caches `pipeline.train` and `pipeline.evaluate` will open for this dataset
-(train + test at T_s and T_t, test at every train.eval_T); ``--prune`` then deletes every other cache in the
-dataset's folder (what the DVC stage does, so its output holds no stale caches).
+``--for-training`` builds exactly the caches `pipeline.train` will open for this dataset (train and test at T_s and
+T_t; `pipeline.evaluate` rebins the test split on the fly at other T); ``--prune`` then deletes every other cache
+in the dataset's folder (what the DVC stage does, so its output holds no stale caches).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.config import BinConfig, PathsConfig, load_section
+from pipeline.config import BinConfig, IngestConfig, PathsConfig, for_dataset, load_section
 from pipeline.frames import Binning, ensure_frame_cache
+from pipeline.ingest import default_store_path
 from pipeline.store import remove_path, open_event_store
 
 __all__ = ["run", "main"]
@@ -34,7 +35,7 @@ def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, 
     store = open_event_store(store_path)
     paths = []
     for T in cfg.T:
-        binning = Binning(T=T, by=cfg.by, semantics=cfg.semantics, out_size=cfg.out_size, dtype=cfg.dtype)
+        binning = Binning.from_config(cfg, T)
         for split in splits:
             cache = ensure_frame_cache(store_path, split, binning, frames_root, cfg.format, progress=progress)
             a = cache.attrs
@@ -65,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.for_training:
         return _for_training(args.dataset, args.params, args.overrides, args.store, paths, args.prune,
                              not args.no_progress)
-    cfg = load_section("bin", BinConfig, args.params, args.overrides).for_dataset(args.dataset)
+    cfg = for_dataset("bin", BinConfig, args.dataset, args.params, args.overrides)
     cli = {"T": args.T, "out_size": args.out_size, "by": args.by, "semantics": args.semantics,
            "dtype": args.dtype, "format": args.format}
     cfg = dataclasses.replace(cfg, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cli.items() if v is not None})
-    store = args.store or Path(paths.events_root) / f"{args.dataset}.zarr"
+    store = args.store or default_store_path(paths, args.dataset,
+                                             load_section("ingest", IngestConfig, args.params, args.overrides).format)
     if not store.exists():
         print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
               file=sys.stderr)
@@ -84,11 +86,8 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
 
     train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
     store = store or Path(paths.events_root) / f"{dataset}.zarr"
-    train_T = {train_cfg.T_s, train_cfg.teacher_T}
-    keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted(train_T))), store, Path(paths.frames_root),
-               ("train", "test"), progress)
-    keep += run(dataclasses.replace(bin_cfg, T=tuple(sorted(set(train_cfg.eval_T) - train_T))), store,
-                Path(paths.frames_root), ("test",), progress)
+    keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))), store,
+               Path(paths.frames_root), ("train", "test"), progress)
     if prune:
         folder = Path(paths.frames_root) / dataset
         for stale in set(folder.iterdir()) - set(keep):

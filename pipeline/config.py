@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "TrainConfig", "AugmentConfig", "load_params", "load_section", "apply_overrides", "ConfigError"]
+__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -54,7 +54,7 @@ class IngestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BinConfig:
-    """`pipeline.bin`: event store -> frame caches. ``datasets.<name>`` overrides any key for one dataset."""
+    """`pipeline.bin`: event store -> frame caches (per-dataset values come from ``recipes.<name>.bin``)."""
 
     T: tuple[int, ...] = (8, 16)
     by: str = "time"  # time | count
@@ -62,7 +62,6 @@ class BinConfig:
     out_size: tuple[int, int] | None = None  # (H, W) to downsample to while binning
     dtype: str = "int16"  # int16 | uint8 (saturating, counted) | float32
     format: str = "zarr"  # zarr | h5
-    datasets: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("bin.by", self.by, ("time", "count"))
@@ -70,10 +69,13 @@ class BinConfig:
         _choice("bin.dtype", self.dtype, ("int16", "uint8", "float32"))
         _choice("bin.format", self.format, ("zarr", "h5"))
 
-    def for_dataset(self, name: str) -> "BinConfig":
-        """This config with ``datasets[name]`` applied (type-checked like the rest)."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "datasets"}
-        return build(BinConfig, {**own, **self.datasets.get(name, {})}, f"bin.datasets.{name}")
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """`pipeline.evaluate`: inference timesteps to test (T_s and T_t of the run are always added)."""
+
+    T: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
+    batch_size: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,7 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """`pipeline.train`. ``recipes.<dataset>`` overrides any key for one dataset (the literature recipes)."""
+    """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``)."""
 
     method: str = "tssd"  # baseline | tsd | ssd | tssd
     arch: str = "small"  # small | gesture_net | vggsnn
@@ -117,8 +119,6 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_T: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
-    recipes: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
@@ -132,16 +132,6 @@ class TrainConfig:
     def teacher_T(self) -> int:
         """T_t: the teacher's timesteps (2 * T_s unless set)."""
         return self.T_t if self.T_t is not None else 2 * self.T_s
-
-    def for_dataset(self, name: str, overrides: dict | None = None) -> "TrainConfig":
-        """This config with ``recipes[name]`` and then ``overrides`` applied (type-checked); the nested
-        ``augment`` and ``neuron`` mappings are merged key by key."""
-        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "recipes"}
-        merged["augment"] = dataclasses.asdict(self.augment)
-        for layer in (self.recipes.get(name, {}), overrides or {}):
-            for k, v in layer.items():
-                merged[k] = {**merged[k], **v} if k in ("augment", "neuron") and isinstance(v, dict) else v
-        return build(TrainConfig, merged, f"train.recipes.{name}")
 
 
 def _choice(name: str, value: Any, options: tuple) -> None:
@@ -160,6 +150,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     return data
 
 
+#: Top-level sections of params.yaml; a --set naming anything else is a typo, not a new section.
+SECTIONS = ("datasets", "methods", "paths", "ingest", "digits_dvs", "bin", "train", "evaluate", "recipes")
+
+
 def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
     """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict."""
     import copy
@@ -169,6 +163,8 @@ def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key.path=value, got {item!r}")
+        if key.split(".")[0] not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {key.split('.')[0]!r}; sections: {', '.join(SECTIONS)}")
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -229,6 +225,26 @@ def build(cls: type[C], data: dict | None, name: str) -> C:
         raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; valid keys: {sorted(fields)}")
     kwargs = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _merge(base: dict, layer: dict) -> dict:
+    """``layer`` over ``base``; nested mappings (augment, neuron, ...) are merged key by key, one level deep."""
+    out = dict(base)
+    for k, v in layer.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def for_dataset(section: str, cls: type[C], dataset: str, params: str | Path | dict = DEFAULT_PARAMS,
+                overrides: list[str] | None = None) -> C:
+    """``params.yaml[section]``, then ``recipes.<dataset>.<section>``, then the ``--set section.*`` overrides:
+    an explicit command-line value always wins over the dataset's recipe."""
+    data = params if isinstance(params, dict) else load_params(params)
+    cli = apply_overrides({}, overrides)
+    with_cli = apply_overrides(data, overrides)
+    recipe = (with_cli.get("recipes") or {}).get(dataset) or {}
+    merged = _merge(_merge(data.get(section) or {}, recipe.get(section) or {}), cli.get(section) or {})
+    return build(cls, merged, section)
 
 
 def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,

@@ -60,10 +60,10 @@ class Augment:
         dx = int(torch.randint(-k, k + 1, (1,), generator=gen)) if k else 0
         dy = int(torch.randint(-k, k + 1, (1,), generator=gen)) if k else 0
         box = None
-        if self.cutout_px:
-            cy, cx = int(r[1] * height), int(r[2] * width)
-            h = self.cutout_px // 2
-            box = (max(cy - h, 0), min(cy + h + 1, height), max(cx - h, 0), min(cx + h + 1, width))
+        if self.cutout_px:  # a cutout_px x cutout_px square (clipped at the border) around a random centre
+            y0 = int(r[1] * height) - self.cutout_px // 2
+            x0 = int(r[2] * width) - self.cutout_px // 2
+            box = (max(y0, 0), min(y0 + self.cutout_px, height), max(x0, 0), min(x0 + self.cutout_px, width))
         return AugParams(r[0] < self.flip_p, dx, dy, box)
 
     def apply(self, frames: torch.Tensor, a: AugParams) -> torch.Tensor:

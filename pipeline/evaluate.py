@@ -1,10 +1,10 @@
 """Stage: accuracy of a trained run at several inference T, firing rates, and a synaptic-operation estimate.
 
-    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64]
+    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64] [--device auto|cpu|cuda]
 
-The test split is rebinned at each T (frame caches built on demand from the run's event store, with the run's
-binning parameters). Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T) and
-``<run>/accuracy_vs_T.png``.
+The test split of the run's event store is rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
+binning parameters; no caches are written). T defaults to params.yaml ``evaluate.T`` plus the run's T_s and T_t.
+Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T) and ``<run>/accuracy_vs_T.png``.
 
 Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
 (multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import BinConfig
-from pipeline.data import CacheView, MultiViewDataset
-from pipeline.frames import Binning, ensure_frame_cache
+from pipeline.config import BinConfig, EvaluateConfig, load_section
+from pipeline.data import MultiViewDataset, RebinView
+from pipeline.frames import Binning
+from pipeline.store import open_event_store, write_atomic
 from pipeline.train import load_run
 
 __all__ = ["evaluate_run", "main"]
@@ -58,20 +60,19 @@ class _OpCounter:
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: Path, Ts: list[int], batch_size: int = 64, progress: bool = True) -> list[dict]:
+def evaluate_run(run_dir: Path, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
     """Accuracy, firing rates and SOPs of the deployed network at each T in ``Ts``."""
-    net, ckpt = load_run(run_dir)
+    net, ckpt = load_run(run_dir, device)
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
+    test = open_event_store(ckpt["store_path"])["test"]
     rows = []
     for T in Ts:
-        b = Binning(T=T, by=bin_cfg.by, semantics=bin_cfg.semantics, out_size=bin_cfg.out_size, dtype=bin_cfg.dtype)
-        cache = ensure_frame_cache(ckpt["store_path"], "test", b, ckpt["frames_root"], bin_cfg.format, progress)
-        loader = DataLoader(MultiViewDataset({"x": CacheView(cache, in_memory=True)}), batch_size)
+        loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
         counter = _OpCounter(net)
         correct, n, rates = 0, 0, {}
         for views, y in loader:
-            out = net(views["x"].transpose(0, 1).contiguous(), record_rates=True)
-            correct += int((out.logits.mean(0).argmax(1) == y).sum())
+            out = net(views["x"].to(device).transpose(0, 1).contiguous(), record_rates=True)
+            correct += int((out.logits.mean(0).argmax(1).cpu() == y).sum())
             for k, v in out.rates.items():
                 rates[k] = rates.get(k, 0.0) + v * len(y)
             n += len(y)
@@ -106,22 +107,29 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--T", type=int, nargs="+", help="inference timesteps (default: the run's train.eval_T)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--T", type=int, nargs="+", help="inference timesteps (default: evaluate.T + the run's T_s, T_t)")
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other stages")
     args = ap.parse_args(argv)
     if not (args.run_dir / "checkpoint.pt").exists():
         print(f"error: {args.run_dir / 'checkpoint.pt'} not found; train first (python -m pipeline.train)",
               file=sys.stderr)
         return 2
-    ckpt_cfg = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]["train"]
-    Ts = args.T or sorted(set(ckpt_cfg.get("eval_T") or []) | {ckpt_cfg["T_s"]})
-    rows = evaluate_run(args.run_dir, Ts, args.batch_size, progress=not args.no_progress)
-    (args.run_dir / "eval.json").write_text(json.dumps(rows, indent=2) + "\n")
-    with open(args.run_dir / "eval.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
-        w.writeheader()
-        w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    cfg = load_section("evaluate", EvaluateConfig, args.params, args.overrides)
+    run_cfg = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]["train"]
+    T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
+    Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = evaluate_run(args.run_dir, Ts, args.batch_size or cfg.batch_size, device)
+    write_atomic(args.run_dir / "eval.json", json.dumps(rows, indent=2) + "\n")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
+    w.writeheader()
+    w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
+    write_atomic(args.run_dir / "eval.csv", buf.getvalue())
     _plot(rows, f"{args.run_dir.parent.name} / {args.run_dir.name}", args.run_dir / "accuracy_vs_T.png")
     print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
     return 0

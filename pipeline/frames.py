@@ -87,6 +87,11 @@ class Binning:
         if self.out_size is not None:
             object.__setattr__(self, "out_size", tuple(int(v) for v in self.out_size))
 
+    @classmethod
+    def from_config(cls, cfg, T: int) -> "Binning":
+        """The binning of a `pipeline.config.BinConfig` at ``T`` frames."""
+        return cls(T=T, by=cfg.by, semantics=cfg.semantics, out_size=cfg.out_size, dtype=cfg.dtype)
+
     def kwargs(self) -> dict:
         """Keyword arguments for `pipeline.binning.bin_batch` / `to_frames`."""
         slicing = {"n_time_bins": self.T} if self.by == "time" else {"n_event_bins": self.T}
@@ -149,8 +154,12 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
                 b = min(a + step, n)
                 lo, hi = int(split.offsets[a]), int(split.offsets[b])
                 cols = split.event_slice(lo, hi)
-                block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"], split.offsets[a : b + 1] - lo,
-                                       sensor, **binning.kwargs())
+                try:
+                    block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"],
+                                           split.offsets[a : b + 1] - lo, sensor, **binning.kwargs())
+                except ValueError as err:  # positions in the message are relative to this block
+                    raise ValueError(f"{split.path} split {split.name!r}, samples {a}..{b - 1} (event rows from "
+                                     f"{lo}): {err}") from err
                 frames[a:b] = block
                 sat_total += int(sat.sum())
                 sat_samples += int(np.count_nonzero(sat))

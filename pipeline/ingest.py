@@ -71,6 +71,8 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
     Returns the root attributes written (counts, sources, store_id ...).
     """
     raw_dir, out = Path(raw_dir), Path(out)
+    if hasattr(spec, "for_raw"):  # generated datasets record their own geometry next to the raw files
+        spec = spec.for_raw(raw_dir)
     split = split or cfg.splits.get(spec.name, spec.default_split)
     plan = spec.recordings(raw_dir, split)
     sources: list[dict] = []

@@ -50,6 +50,7 @@ __all__ = [
     "atomic_output",
     "stable_hash",
     "remove_path",
+    "write_atomic",
 ]
 
 FORMAT = "tssd-event-store"
@@ -76,9 +77,20 @@ def store_format(path: str | Path, fmt: str | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ atomic output
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class atomic_output:
     """Context manager yielding a temporary sibling path; on success it replaces ``path`` (file or directory),
-    on failure it is removed. Stale temporaries of killed runs are cleared on entry."""
+    on failure it is removed. Temporaries left by killed runs (their pid is gone) are cleared on entry; those of
+    live processes are left alone."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -87,7 +99,9 @@ class atomic_output:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
-            remove_path(stale)
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+                remove_path(stale)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -99,6 +113,12 @@ class atomic_output:
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
         remove_path(old)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a small text file (metrics, CSV) so that readers see the old or the new content, never a part."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def remove_path(p: Path) -> None:
@@ -209,6 +229,9 @@ class EventStoreWriter:
             raise ValueError(f"shard_events ({shard_events}) must be a positive multiple of chunk_events ({chunk_events})")
         self.path = Path(path)
         self.fmt = store_format(path, fmt)
+        if store_format(path) != self.fmt:
+            raise StoreError(f"{path}: a {self.fmt} store needs a {'.h5' if self.fmt == 'h5' else '.zarr'} path "
+                             "(readers choose the backend by suffix)")
         self.chunk, self.shard = chunk_events, shard_events
         self._splits: dict[str, _SplitWriter] = {}
         self._finished = False
@@ -235,9 +258,10 @@ class EventStoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._sink.close()
-        if exc_type is None and not self._finished:
-            exc_type = RuntimeError  # never publish a store whose finish() was not called
-        self._atomic.__exit__(exc_type, exc, tb)
+        unfinished = exc_type is None and not self._finished
+        self._atomic.__exit__(RuntimeError if unfinished else exc_type, exc, tb)
+        if unfinished:  # never publish a store whose finish() was not called
+            raise StoreError(f"{self.path}: finish() was not called; nothing was written")
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -30,20 +31,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from models.neurons import configure_cpu
-from pipeline.config import BinConfig, IngestConfig, PathsConfig, TrainConfig, apply_overrides, build, load_params
+from pipeline.config import BinConfig, IngestConfig, PathsConfig, TrainConfig, for_dataset, load_section
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, ensure_frame_cache
-from pipeline.store import open_event_store
+from pipeline.ingest import default_store_path
+from pipeline.store import open_event_store, write_atomic
 
 __all__ = ["run", "main", "TrainingDiverged", "Pair", "load_run"]
 
@@ -82,8 +83,7 @@ def _caches(store_path: Path, binning_cfg: BinConfig, frames_root: Path, Ts: lis
             ) -> dict[tuple[str, int], FrameCache]:
     out = {}
     for T in sorted(set(Ts)):
-        b = Binning(T=T, by=binning_cfg.by, semantics=binning_cfg.semantics, out_size=binning_cfg.out_size,
-                    dtype=binning_cfg.dtype)
+        b = Binning.from_config(binning_cfg, T)
         for split in ("train", "test"):
             out[(split, T)] = ensure_frame_cache(store_path, split, b, frames_root, binning_cfg.format, progress)
     return out
@@ -153,18 +153,21 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
         dist.barrier()
     if not main_proc:
         caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], False)
-    views = lambda split: {"student": CacheView(caches[(split, T_s)], cfg.in_memory),  # noqa: E731
-                           "teacher": CacheView(caches[(split, T_t)], cfg.in_memory)}
-    aug = Augment(**dataclasses.asdict(cfg.augment))
-    train_ds = MultiViewDataset(views("train"), aug, seed=cfg.seed)
-    test_ds = MultiViewDataset(views("test"), None)
+    train_views = {"student": CacheView(caches[("train", T_s)], cfg.in_memory)}
+    if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
+        train_views["teacher"] = CacheView(caches[("train", T_t)], cfg.in_memory)
+    train_ds = MultiViewDataset(train_views, Augment(**dataclasses.asdict(cfg.augment)), seed=cfg.seed)
+    test_ds = MultiViewDataset({"student": CacheView(caches[("test", T_s)], cfg.in_memory),
+                                "teacher": CacheView(caches[("test", T_t)], cfg.in_memory)}, None)
     sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
-    test_sampler = DistributedSampler(test_ds, world, rank, shuffle=False) if distributed else None
     gen = torch.Generator()
+    # no persistent workers: each epoch's workers are forked from the dataset *after* set_epoch(epoch)
     train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=cfg.num_workers, generator=gen, drop_last=len(train_ds) > cfg.batch_size,
-                              pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    test_loader = DataLoader(test_ds, cfg.batch_size, sampler=test_sampler, num_workers=cfg.num_workers)
+                              pin_memory=device.type == "cuda")
+    # each rank tests a disjoint, unpadded share (DistributedSampler would pad with duplicates)
+    test_loader = DataLoader(Subset(test_ds, range(rank, len(test_ds), world)), cfg.batch_size,
+                             num_workers=cfg.num_workers)
 
     _, P, H, W = caches[("train", T_s)].shape[1:]
     n_classes = len(store.attrs["classes"])
@@ -199,11 +202,15 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     start_epoch, best_acc, best_epoch, wall = 0, -1.0, -1, 0.0
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["config"]["train"] != _comparable(cfg):
-            raise ValueError(f"{ckpt_path} was trained with another configuration; remove it or drop --resume")
+        if (ckpt["config"]["train"], ckpt["config"]["bin"], ckpt["store_id"]) != (
+                _comparable(cfg), dataclasses.asdict(bin_cfg), store.store_id):
+            raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(cfg.epochs, 1)  # resuming with more epochs stretches the schedule, never restarts it
         start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
         history, wall = ckpt["history"], ckpt["wall_s"]
         if main_proc:
@@ -248,6 +255,12 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
             n_seen += len(y)
             n_correct += int((out_s.logits.detach().float().mean(0).argmax(1) == y).sum())
             bar.set_postfix(loss=f"{parts['total']:.3f}")
+        if distributed:  # every rank trained on its own share: sum the counts and loss parts of all of them
+            keys = sorted(sums)
+            t = torch.tensor([n_seen, n_correct, *(sums[k] for k in keys)], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            n_seen, n_correct = int(t[0]), int(t[1])
+            sums = dict(zip(keys, t[2:].tolist()))
         lr = opt.param_groups[0]["lr"]
         sched.step()
         test_acc = evaluate(net, test_loader, device, "student", cfg.amp)
@@ -267,6 +280,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
             print(f"epoch {epoch + 1:>3}/{cfg.epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
                   f"test@T_s={test_acc:.3f} test@T_t={test_acc_t:.3f} lr={lr:.4g} {epoch_s:.1f}s", flush=True)
             _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "scaler": scaler.state_dict(),
                           "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
                           "model_args": model_args, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
                           "history": history, "wall_s": wall, "store_id": store.store_id,
@@ -279,7 +293,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
                    "epochs": len(history), "test_acc_Ts": last.get("test_acc"), "test_acc_Tt": last.get("test_acc_teacher"),
                    "best_test_acc_Ts": best_acc, "best_epoch": best_epoch, "deploy_params": deploy_params,
                    "wall_time_s": round(wall, 1), "device": str(device), "world_size": world}
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if distributed:
         dist.destroy_process_group()
     return metrics
@@ -288,28 +302,25 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
 def _comparable(cfg: TrainConfig) -> dict:
     """The config fields that shape the weights (a resume must match them; epochs may grow)."""
     d = dataclasses.asdict(cfg)
-    for k in ("epochs", "num_workers", "device", "eval_T", "recipes", "in_memory"):
+    for k in ("epochs", "num_workers", "device", "in_memory"):
         d.pop(k)
     return d
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, HISTORY_FIELDS)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, HISTORY_FIELDS)
+    w.writeheader()
+    w.writerows(history)
+    write_atomic(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ CLI
 def resolve(dataset: str, params_path: Path, overrides: list[str]) -> tuple[TrainConfig, BinConfig, PathsConfig]:
-    """Configs for ``dataset``: params.yaml, then the dataset's recipe, then ``--set`` overrides (which win)."""
-    with_cli = apply_overrides(load_params(params_path), overrides)
-    cli_train = {k: v for k, v in apply_overrides({}, overrides).get("train", {}).items() if k != "recipes"}
-    cfg = build(TrainConfig, with_cli.get("train"), "train").for_dataset(dataset, cli_train)
-    bin_cfg = build(BinConfig, with_cli.get("bin"), "bin").for_dataset(dataset)
-    return cfg, bin_cfg, build(PathsConfig, with_cli.get("paths"), "paths")
+    """Configs for ``dataset``: params.yaml, then ``recipes.<dataset>``, then ``--set`` overrides (which win)."""
+    return (for_dataset("train", TrainConfig, dataset, params_path, overrides),
+            for_dataset("bin", BinConfig, dataset, params_path, overrides),
+            load_section("paths", PathsConfig, params_path, overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     cfg, bin_cfg, paths = resolve(args.dataset, args.params, overrides)
-    store = args.store or Path(paths.events_root) / f"{args.dataset}.zarr"
+    ingest_cfg = load_section("ingest", IngestConfig, args.params, args.overrides)
+    store = args.store or default_store_path(paths, args.dataset, ingest_cfg.format)
     if not store.exists():
-        code = _ingest_first(args.dataset, store, paths, args.params, args.overrides)
+        code = _ingest_first(args.dataset, store, paths, ingest_cfg)
         if code:
             return code
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
@@ -344,20 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _ingest_first(dataset: str, store: Path, paths: PathsConfig, params: Path, overrides: list[str]) -> int:
+def _ingest_first(dataset: str, store: Path, paths: PathsConfig, ingest_cfg: IngestConfig) -> int:
     """No event store yet: ingest the raw files if they are there, else say what to download and where."""
-    from pipeline.config import load_section
     from pipeline.datasets import MissingRawDataError, get_spec
     from pipeline.ingest import download_hint, ingest, report
+    from pipeline.io.errors import RawDataError
 
     spec = get_spec(dataset)
     raw = Path(paths.raw_root) / dataset
     print(f"event store {store} not found: ingesting {raw} first")
     try:
-        attrs = ingest(spec, raw, store, load_section("ingest", IngestConfig, params, overrides))
+        attrs = ingest(spec, raw, store, ingest_cfg)
     except MissingRawDataError as err:
         print(f"error: the raw data of {dataset} is missing ({err}).\n{download_hint(spec, raw)}", file=sys.stderr)
         return 2
+    except RawDataError as err:
+        print(f"error: {err}\nno event store was written.", file=sys.stderr)
+        return 1
     print(report(attrs, store))
     return 0
 

@@ -95,7 +95,7 @@ def test_sigkilled_bin_process_leaves_nothing_that_opens(store_path, tmp_path):
     import time
 
     cmd = [sys.executable, "-m", "pipeline.bin", "dvs_gesture", "--store", str(store_path), "--T", "64",
-           "--splits", "train", "--set", f"paths.frames_root={tmp_path}", "--set", "bin.datasets={}", "--no-progress"]
+           "--splits", "train", "--set", f"paths.frames_root={tmp_path}", "--set", "recipes.dvs_gesture={}", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob("dvs_gesture/*.tmp-*")) and proc.poll() is None and time.monotonic() < deadline:

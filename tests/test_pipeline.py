@@ -19,7 +19,8 @@ def test_tiny_digits_end_to_end(tmp_path, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"] = {k: str(tmp_path / v.split("/", 1)[1]) for k, v in params["paths"].items()}
     params["digits_dvs"].update(n_samples=500, users=10, test_users=2)
-    params["train"].update(epochs=3, batch_size=16, eval_T=[1, 2, 4])
+    params["train"].update(epochs=3, batch_size=16)
+    params["evaluate"]["T"] = [1, 8]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     quiet = ["--no-progress"]
@@ -32,13 +33,15 @@ def test_tiny_digits_end_to_end(tmp_path, monkeypatch):
         assert evaluate.main([str(runs / method), *quiet]) == 0
         m = json.loads((runs / method / "metrics.json").read_text())
         assert m["test_acc_Ts"] > 0.3, m  # ten classes: chance is 0.1
+        rows = (runs / method / "eval.csv").read_text().splitlines()
+        assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 4, 8]  # evaluate.T plus the run's T_s and T_t
     assert report.main(["--runs", str(runs.parent), "--out", str(tmp_path / "report")]) == 0
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "| baseline | small | 2 |" in summary and "| tssd | small | 2 | 4 |" in summary
     assert (tmp_path / "report" / "digits_dvs_accuracy_vs_T.png").exists()
-    # bin --for-training built exactly what train + evaluate opened: nothing new appeared afterwards
+    # bin --for-training built exactly what train opened (evaluate rebins on the fly): nothing appeared afterwards
     frames = sorted(p.name for p in (Path(params["paths"]["frames_root"]) / "digits_dvs").iterdir())
-    assert len(frames) == 2 * 2 + 1  # train+test at T_s=2 and T_t=4, test at T=1 (eval_T 2, 4 already there)
+    assert len(frames) == 2 * 2 and all(f.split("-")[1] in ("T2", "T4") for f in frames)
 
 
 def test_dvc_repro_dry_lists_every_stage():

@@ -19,10 +19,10 @@ from pipeline.ingest import ingest
 from tests.conftest import make_learnable_tree
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--set", "bin.datasets.dvs_gesture.out_size=[16,16]", "--set", "bin.datasets.dvs_gesture.dtype=int16",
+FAST = ["--set", "recipes.dvs_gesture={}", "--set", "bin.out_size=[16,16]", "--set", "bin.dtype=int16",
         "--set", "train.arch=small", "--set", "train.T_s=4", "--set", "train.T_t=null", "--set", "train.batch_size=8",
         "--set", "train.lr=0.1", "--set", "train.augment.flip_p=0", "--set", "train.augment.max_shift_px=1",
-        "--set", "train.recipes={}", "--no-progress"]  # no flips: the classes are mirror images of each other
+        "--no-progress"]  # no flips: the classes are mirror images of each other
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,13 @@ def test_killed_run_resumed_gives_the_same_weights(store, tmp_path, monkeypatch)
     for k, v in full["model"].items():
         assert torch.equal(v, part["model"][k]), k
     assert [r["loss"] for r in part["history"]] == [r["loss"] for r in full["history"]]
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(store, tmp_path):
+    assert _train(store, tmp_path / "run", "--epochs", "2") == 0
+    assert _train(store, tmp_path / "run", "--epochs", "4", "--resume") == 0
+    lrs = [r["lr"] for r in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["history"]]
+    assert len(lrs) == 4 and all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # never climbs back up
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path, monkeypatch, capsys):

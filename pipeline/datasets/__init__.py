@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.datasets.base import DatasetSpec, Download, MissingRawDataError, Recording, Window
 
-__all__ = ["get_spec", "DATASETS", "DatasetSpec", "Download", "MissingRawDataError", "Recording", "Window"]
+__all__ = ["get_spec", "DatasetSpec", "Download", "MissingRawDataError", "Recording", "Window"]
 
 
 def _registry() -> dict[str, DatasetSpec]:
@@ -12,8 +12,6 @@ def _registry() -> dict[str, DatasetSpec]:
 
     return {"dvs_gesture": dvs_gesture.SPEC, "cifar10_dvs": cifar10_dvs.SPEC, "digits_dvs": digits_dvs.SPEC}
 
-
-DATASETS = ("digits_dvs", "dvs_gesture", "cifar10_dvs")
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -218,6 +219,16 @@ class DigitsDVS(DVSGesture):
         if not (Path(raw_dir) / "trials_to_train.txt").is_file():
             raise MissingRawDataError(f"{raw_dir} holds no generated digits_dvs. Expected {self.raw_layout(raw_dir)}.")
         return super().recordings(raw_dir, split)
+
+
+    def for_raw(self, raw_dir: Path) -> "DigitsDVS":
+        """The spec of the dataset generated in ``raw_dir``: its sensor size is read from ``digits_dvs.json``
+        (so a `--set digits_dvs.sensor=48` generation is ingested at 48x48, not rejected as out of sensor)."""
+        meta = Path(raw_dir) / "digits_dvs.json"
+        if not meta.is_file():
+            return self
+        sensor = int(json.loads(meta.read_text())["config"]["sensor"])
+        return DigitsDVS(SensorSize(sensor, sensor, 2))
 
 
 def spec_for(cfg: DigitsDVSConfig) -> DigitsDVS:

@@ -14,8 +14,8 @@ From the raw jAER DVS128 address::
     stored:  x = 127 - y_r,  y = 127 - x_r,  p = 1 - p_r
 
 so x, y are always inside the 128x128 sensor. 32-bit timestamps that wrap around (a step back of more than
-2^31 µs) are unwrapped into int64; any remaining out-of-order events are stably sorted by time and counted
-as ``reordered`` -- nothing is dropped.
+2^31 µs) are unwrapped into int64. Events come back in file order (`pipeline.ingest` sorts any out-of-order
+ones by time and counts them as ``reordered``; nothing is dropped).
 """
 
 from __future__ import annotations
@@ -83,12 +83,7 @@ def decode_aedat20(buf: bytes, path: str | Path = "<buffer>") -> DecodedEvents:
     x = (127 - y_r).astype(np.uint16)
     y = (127 - x_r).astype(np.uint16)
     p = (1 - p_r).astype(np.uint8)
-    reordered = 0
-    if len(t) > 1 and np.any(np.diff(t) < 0):
-        order = np.argsort(t, kind="stable")
-        reordered = int(np.count_nonzero(order != np.arange(len(t))))
-        x, y, t, p = x[order], y[order], t[order], p[order]
-    counts = {"events_read": int(len(t)), "invalid_dropped": 0, "nonpolarity_skipped": 0, "reordered": reordered}
+    counts = {"events_read": int(len(t)), "invalid_dropped": 0, "nonpolarity_skipped": 0}
     return DecodedEvents(x, y, t, p, counts)
 
 
