@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.config import BinConfig, IngestConfig, PathsConfig, for_dataset, load_section
 from pipeline.frames import Binning, ensure_frame_cache
 from pipeline.ingest import default_store_path
-from pipeline.store import remove_path, open_event_store
+from pipeline.store import remove_path
 
 __all__ = ["run", "main"]
 
@@ -32,7 +32,6 @@ __all__ = ["run", "main"]
 def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, ...] = ("train", "test"),
         progress: bool = True) -> list[Path]:
     """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths."""
-    store = open_event_store(store_path)
     paths = []
     for T in cfg.T:
         binning = Binning.from_config(cfg, T)

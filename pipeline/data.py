@@ -118,7 +118,7 @@ class CacheView:
             if self._ram is None:
                 self._ram = np.asarray(self.cache.frames[:])
             return self._ram[i]
-        return np.asarray(self.cache.frames[i])
+        return self.cache.sample(i)
 
     def label(self, i: int) -> int:
         return int(self.cache.labels[i])
@@ -187,7 +187,7 @@ class MultiViewDataset(Dataset):
         return np.array([first.label(i) for i in range(len(first))], dtype=np.int64)
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
-        out = {k: torch.from_numpy(np.ascontiguousarray(v.frames(i))).float() for k, v in self.views.items()}
+        out = {k: torch.from_numpy(np.asarray(v.frames(i)).astype(np.float32)) for k, v in self.views.items()}
         if self.augment is not None:
             h, w = next(iter(out.values())).shape[-2:]
             gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFFFFFFFFFF)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import zarr
+from numcodecs import blosc
 from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
@@ -38,8 +40,10 @@ from pipeline.store import (
     check_header,
     open_event_store,
     open_node,
+    read_attrs,
     stable_hash,
     store_format,
+    write_attrs,
 )
 
 __all__ = [
@@ -180,8 +184,7 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
                 "source": {"store_id": store_attrs["store_id"], "path": str(split.path), "split": split.name},
                 "saturated": sat_total, "saturated_samples": sat_samples, "complete": True,
             }
-            for k, v in attrs.items():
-                root.attrs[k] = v if fmt == "zarr" else json.dumps(v)
+            write_attrs(root, fmt, attrs)
         finally:
             if fmt == "h5":
                 root.close()
@@ -199,7 +202,7 @@ class FrameCache:
         self.fmt = store_format(self.path)
         root = open_node(self.path, self.fmt)
         try:
-            self.attrs = dict(root.attrs) if self.fmt == "zarr" else {k: json.loads(v) for k, v in root.attrs.items()}
+            self.attrs = read_attrs(root, self.fmt)
             check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
             self.labels = np.asarray(root["label"][:], np.int64)
             self.shape = tuple(root["frames"].shape)
@@ -214,9 +217,17 @@ class FrameCache:
         if problems:
             raise StoreError(f"{self.path} does not match what was asked: " + "; ".join(problems))
         self._frames = None
+        self._shards = _ShardReader.for_cache(self.path) if self.fmt == "zarr" else None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_frames": None}
+
+    def sample(self, i: int) -> np.ndarray:
+        """Frames ``(T, P, H, W)`` of sample ``i``. Zarr caches in our layout are read through `_ShardReader`
+        (one pread + one Blosc decompression, ~20x faster than zarr-python's per-call path)."""
+        if self._shards is not None:
+            return self._shards.read(i)
+        return np.asarray(self.frames[i])
 
     @property
     def frames(self):
@@ -231,6 +242,64 @@ class FrameCache:
     @property
     def binning(self) -> Binning:
         return Binning(**self.attrs["binning"])
+
+
+class _ShardReader:
+    """Reads one sample of a sharded Zarr v3 ``frames`` array straight from its shard file.
+
+    Only for the exact layout `build_frame_cache` writes (checked against the array's zarr.json, otherwise
+    `for_cache` returns None and zarr-python reads): chunks of one sample, ``sharding_indexed`` with inner codecs
+    ``bytes(little) -> blosc`` and the index (``(offset u64, nbytes u64)`` per chunk + crc32c) at the end of each
+    shard file ``frames/c/<shard>/0/0/0/0`` -- the Zarr v3 sharding specification. A test checks every sample
+    against zarr-python. Why: zarr-python 3 spends ~1.2 ms per read in its async bridge; this takes ~50 µs.
+    """
+
+    _MISSING = np.uint64(2**64 - 1)
+
+    def __init__(self, root: Path, shard: int, sample_shape: tuple[int, ...], dtype: np.dtype):
+        self.root, self.shard, self.sample_shape, self.dtype = root, shard, sample_shape, dtype
+        self._index: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def for_cache(cls, path: Path) -> "_ShardReader | None":
+        meta_path = path / "frames" / "zarr.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            inner = [c["name"] for c in conf["codecs"]]
+            ok = (codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
+                  and conf["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                  and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
+                  and conf["index_location"] == "end" and conf["chunk_shape"][0] == 1
+                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+                  and meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == meta["shape"][1:]
+                  and meta["data_type"] in ("uint8", "int16", "float32"))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not ok:
+            return None
+        shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        return cls(path / "frames", shard, tuple(meta["shape"][1:]), np.dtype(meta["data_type"]).newbyteorder("<"))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_index": {}}
+
+    def _shard_index(self, s: int) -> np.ndarray:
+        if s not in self._index:
+            with open(self.root / "c" / str(s) / "0" / "0" / "0" / "0", "rb") as f:
+                f.seek(-(16 * self.shard + 4), os.SEEK_END)
+                self._index[s] = np.frombuffer(f.read(16 * self.shard), "<u8").reshape(self.shard, 2)
+        return self._index[s]
+
+    def read(self, i: int) -> np.ndarray:
+        s, j = divmod(int(i), self.shard)
+        offset, nbytes = self._shard_index(s)[j]
+        if offset == self._MISSING:  # an all-zero chunk is not stored: the fill value
+            return np.zeros(self.sample_shape, self.dtype)
+        with open(self.root / "c" / str(s) / "0" / "0" / "0" / "0", "rb") as f:
+            raw = os.pread(f.fileno(), int(nbytes), int(offset))
+        return np.frombuffer(blosc.decompress(raw), self.dtype).reshape(self.sample_shape)
 
 
 def open_frame_cache(path: str | Path, binning: Binning | None = None, store_id: str | None = None) -> FrameCache:

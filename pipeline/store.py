@@ -51,6 +51,8 @@ __all__ = [
     "stable_hash",
     "remove_path",
     "write_atomic",
+    "read_attrs",
+    "write_attrs",
 ]
 
 FORMAT = "tssd-event-store"
@@ -165,8 +167,7 @@ class _Sink:
             group.create_dataset(name, data=data)
 
     def set_attrs(self, node, attrs: dict) -> None:
-        for k, v in attrs.items():
-            node.attrs[k] = v if self.fmt == "zarr" else json.dumps(v)
+        write_attrs(node, self.fmt, attrs)
 
     def close(self) -> None:
         if self.fmt == "h5":
@@ -265,10 +266,17 @@ class EventStoreWriter:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _read_attrs(node, fmt: str) -> dict:
+def read_attrs(node, fmt: str) -> dict:
+    """Attributes of a Zarr/HDF5 node (HDF5 values are JSON strings)."""
     if fmt == "zarr":
         return dict(node.attrs)
     return {k: json.loads(v) for k, v in node.attrs.items()}
+
+
+def write_attrs(node, fmt: str, attrs: dict) -> None:
+    """Set attributes on a Zarr/HDF5 node (HDF5 values stored as JSON strings)."""
+    for k, v in attrs.items():
+        node.attrs[k] = v if fmt == "zarr" else json.dumps(v)
 
 
 def check_header(attrs: dict, path: Path, expected_format: str, version: int) -> None:
@@ -309,7 +317,7 @@ class EventSplit:
             self.labels = np.asarray(g["label"][:], np.int64)
             self.recording = np.asarray(g["recording"][:], np.int64)
             self.window_us = np.stack([np.asarray(g["window_start_us"][:]), np.asarray(g["window_end_us"][:])], 1)
-            self.attrs = _read_attrs(g, fmt)
+            self.attrs = read_attrs(g, fmt)
         finally:
             if fmt == "h5":
                 root.close()
@@ -356,7 +364,7 @@ class EventStore:
         self.fmt = store_format(self.path)
         root = open_node(self.path, self.fmt)
         try:
-            self.attrs = _read_attrs(root, self.fmt)
+            self.attrs = read_attrs(root, self.fmt)
         finally:
             if self.fmt == "h5":
                 root.close()

@@ -13,7 +13,7 @@ import zarr
 import pipeline.frames as frames_mod
 from pipeline.binning import to_frames
 from pipeline.config import IngestConfig
-from pipeline.data import Augment, CacheView, FrameDataset, MultiViewDataset, RebinView
+from pipeline.data import Augment, FrameDataset, MultiViewDataset, RebinView
 from pipeline.datasets import get_spec
 from pipeline.frames import Binning, build_frame_cache, cache_path, ensure_frame_cache, open_frame_cache
 from pipeline.ingest import ingest
@@ -187,3 +187,28 @@ def test_bin_and_show_stages(store_path, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert show.main([str(store_path), "--out", str(tmp_path / "ev.png")]) == 0
     assert bin_stage.main(["dvs_gesture", "--store", str(tmp_path / "missing.zarr")]) == 2
+
+
+def test_fast_shard_reader_matches_zarr_including_empty_samples(tmp_path):
+    """FrameCache.sample reads Zarr shard files directly; every sample must equal zarr-python's read."""
+    from pipeline.store import EventStoreWriter
+
+    rng = np.random.default_rng(0)
+    with EventStoreWriter(tmp_path / "s.zarr", chunk_events=64, shard_events=256) as w:
+        s = w.split("train")
+        for i in range(70):  # more than one shard of 64 samples; every 7th sample has no events at all
+            n = 0 if i % 7 == 0 else int(rng.integers(1, 300))
+            s.add(rng.integers(0, 16, n), rng.integers(0, 16, n), np.sort(rng.integers(0, 10**6, n)),
+                  rng.integers(0, 2, n), label=i % 3, recording=0, start_us=0, end_us=10**6)
+        w.finish_split("train", {})
+        w.finish({"dataset": "t", "classes": ["a", "b", "c"], "sensor_size": [16, 16, 2], "store_id": "x"})
+    store = open_event_store(tmp_path / "s.zarr")
+    for dtype in ("uint8", "int16", "float32"):
+        path = build_frame_cache(store["train"], store.attrs, Binning(T=3, dtype=dtype), tmp_path / f"{dtype}.zarr",
+                                 progress=False)
+        cache = open_frame_cache(path)
+        assert cache._shards is not None
+        for i in range(len(cache)):
+            got = cache.sample(i)
+            assert got.dtype == np.dtype(dtype) and np.array_equal(got, np.asarray(cache.frames[i])), (dtype, i)
+        assert not cache.sample(0).any()

@@ -21,7 +21,7 @@ from pipeline.ingest import ingest, main
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, StoreError, open_event_store
 
-from tests.conftest import make_cifar_tree, make_gesture_tree
+from tests.conftest import make_gesture_tree
 
 SMALL = dict(chunk_events=1024, shard_events=8192)  # several shards even for test-sized data
 
