@@ -20,8 +20,9 @@ packet was allocated with; cAER writes files with the two equal, and SpikingJell
 capacity). Only the first ``eventNumber`` slots hold events; slots past eventNumber are skipped and counted as
 ``unused_slots``. ``eventNumber > eventCapacity`` is a format error.
 
-Decoding is two Numba passes over the bytes (walk + validate packet headers, then decode the polarity
-events); no per-event Python code runs.
+Decoding runs in Numba, no per-event Python: one pass validates every packet header, a second lists the
+polarity packets, then two passes parallel over packets count each packet's valid events and decode them into
+their exact output rows (packets are independent, so the result does not depend on the thread count).
 """
 
 from __future__ import annotations
@@ -117,34 +118,57 @@ def _walk_packets(buf, start):
 
 
 @nb.njit(cache=True, nogil=True)
-def _decode_polarity(buf, start, x, y, t, p):
-    """Decode the valid polarity events into preallocated x, y, t, p; returns (kept, invalid)."""
+def _polarity_table(buf, start, n_packets):
+    """Byte position, eventNumber and eventTSOverflow of every polarity packet (headers already validated)."""
+    pos_out = np.empty(n_packets, np.int64)
+    num_out = np.empty(n_packets, np.int64)
+    ovf_out = np.empty(n_packets, np.int64)
     n = buf.shape[0]
     pos = start
     k = 0
-    invalid = 0
     while pos < n:
         etype = np.uint32(buf[pos]) | (np.uint32(buf[pos + 1]) << 8)
         esize = np.int64(_u32(buf, pos + 4))
-        overflow = np.int64(_u32(buf, pos + 12))
         cap = np.int64(_u32(buf, pos + 16))
-        num = np.int64(_u32(buf, pos + 20))
         if etype == 1:
-            high = overflow << 31
-            e = pos + 28
-            for _ in range(num):
-                # branchless: always write slot k, advance k only for valid events (no mispredictions)
-                data = _u32(buf, e)
+            pos_out[k] = pos + 28
+            num_out[k] = np.int64(_u32(buf, pos + 20))
+            ovf_out[k] = np.int64(_u32(buf, pos + 12))
+            k += 1
+        pos += 28 + esize * cap
+    return pos_out[:k], num_out[:k], ovf_out[:k]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _count_valid(buf, pos, num):
+    """Valid events per polarity packet (the valid bit of each event's data word), in parallel over packets."""
+    out = np.empty(pos.shape[0], np.int64)
+    for i in nb.prange(pos.shape[0]):
+        c = 0
+        e = pos[i]
+        for _ in range(num[i]):
+            c += buf[e] & 1  # little-endian: bit 0 of the data word is bit 0 of its first byte
+            e += 8
+        out[i] = c
+    return out
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def _decode_packets(buf, pos, num, overflow, first, x, y, t, p):
+    """Decode packet i's valid events into rows first[i]:first[i+1]; packets are independent (no races)."""
+    for i in nb.prange(pos.shape[0]):
+        high = overflow[i] << 31
+        k = first[i]
+        e = pos[i]
+        for _ in range(num[i]):
+            data = _u32(buf, e)
+            if data & 1:
                 x[k] = (data >> 17) & 0x1FFF
                 y[k] = (data >> 2) & 0x1FFF
                 p[k] = (data >> 1) & 1
                 t[k] = high | np.int64(_u32(buf, e + 4))
-                ok = np.int64(data & 1)
-                k += ok
-                invalid += 1 - ok
-                e += 8
-        pos += 28 + esize * cap
-    return k, invalid
+                k += 1
+            e += 8
 
 
 def _header_end(buf: bytes | np.ndarray, path: str | Path) -> int:
@@ -172,11 +196,16 @@ def decode_aedat31(buf: bytes | np.ndarray, path: str | Path = "<buffer>") -> De
     err, off, detail, n_packets, n_pol, n_other, unused = _walk_packets(buf, start)
     if err != _OK:
         raise RawDataError(path, _MESSAGES[err].format(detail=detail), offset=int(off))
-    x = np.empty(n_pol, np.uint16)
-    y = np.empty(n_pol, np.uint16)
-    t = np.empty(n_pol, np.int64)
-    p = np.empty(n_pol, np.uint8)
-    kept, invalid = _decode_polarity(buf, start, x, y, t, p)
+    pos, num, overflow = _polarity_table(buf, start, n_packets)
+    first = np.zeros(len(pos) + 1, np.int64)
+    np.cumsum(_count_valid(buf, pos, num), out=first[1:])
+    kept = int(first[-1])
+    invalid = n_pol - kept
+    x = np.empty(kept, np.uint16)
+    y = np.empty(kept, np.uint16)
+    t = np.empty(kept, np.int64)
+    p = np.empty(kept, np.uint8)
+    _decode_packets(buf, pos, num, overflow, first, x, y, t, p)
     counts = {
         "packets": int(n_packets),
         "events_read": int(n_pol),
@@ -184,8 +213,7 @@ def decode_aedat31(buf: bytes | np.ndarray, path: str | Path = "<buffer>") -> De
         "nonpolarity_skipped": int(n_other),
         "unused_slots": int(unused),
     }
-    # views, not copies: the invalid tail is a few percent of the buffers, a copy would cost a third of the time
-    return DecodedEvents(x[:kept], y[:kept], t[:kept], p[:kept], counts)
+    return DecodedEvents(x, y, t, p, counts)
 
 
 def read_aedat31(path: str | Path) -> DecodedEvents:
