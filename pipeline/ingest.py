@@ -26,7 +26,7 @@ from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, stable_hash
 
-__all__ = ["ingest", "main", "default_store_path", "COUNT_KEYS"]
+__all__ = ["ingest", "ingest_and_report", "main", "default_store_path", "COUNT_KEYS"]
 
 #: Every count a store reports, always present (zero when nothing happened).
 COUNT_KEYS = ("samples", "stored", "events_read", "invalid_dropped", "nonpolarity_skipped", "unused_slots",
@@ -176,8 +176,15 @@ def main(argv: list[str] | None = None) -> int:
 
         spec, raw = tonic_spec(args.dataset), args.from_tonic
     out = args.out or default_store_path(paths, spec.name, cfg.format)
+    return ingest_and_report(spec, raw, out, cfg, args.split, progress=not args.no_progress)
+
+
+def ingest_and_report(spec: DatasetSpec, raw: Path, out: Path, cfg: IngestConfig, split: str | None = None,
+                      progress: bool = True) -> int:
+    """`ingest`, then the closing report; a missing or malformed raw file becomes a message (what to download,
+    or the file and position at fault) and an exit code instead of a traceback."""
     try:
-        attrs = ingest(spec, raw, out, cfg, args.split, progress=not args.no_progress)
+        attrs = ingest(spec, raw, out, cfg, split, progress=progress)
     except MissingRawDataError as err:
         print(f"error: raw data for {spec.name} is missing: {err}\n{download_hint(spec, raw)}", file=sys.stderr)
         return 2

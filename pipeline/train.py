@@ -358,23 +358,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ingest_first(dataset: str, store: Path, paths: PathsConfig, ingest_cfg: IngestConfig) -> int:
     """No event store yet: ingest the raw files if they are there, else say what to download and where."""
-    from pipeline.datasets import MissingRawDataError, get_spec
-    from pipeline.ingest import download_hint, ingest, report
-    from pipeline.io.errors import RawDataError
+    from pipeline.datasets import get_spec
+    from pipeline.ingest import ingest_and_report
 
-    spec = get_spec(dataset)
     raw = Path(paths.raw_root) / dataset
     print(f"event store {store} not found: ingesting {raw} first")
-    try:
-        attrs = ingest(spec, raw, store, ingest_cfg)
-    except MissingRawDataError as err:
-        print(f"error: the raw data of {dataset} is missing ({err}).\n{download_hint(spec, raw)}", file=sys.stderr)
-        return 2
-    except RawDataError as err:
-        print(f"error: {err}\nno event store was written.", file=sys.stderr)
-        return 1
-    print(report(attrs, store))
-    return 0
+    return ingest_and_report(get_spec(dataset), raw, store, ingest_cfg)
 
 
 if __name__ == "__main__":
