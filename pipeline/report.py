@@ -93,40 +93,43 @@ def render_markdown(main_runs: dict, study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(main_runs: dict, runs_root: Path, out: Path) -> None:
-    import csv
-
+def _line_plot(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: Path,
+               log2_x: bool = False) -> None:
+    """One line per method: ``series[method] = (xs, ys)``; written as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, "o-", markersize=3, label=label)
+    if log2_x:
+        ax.set_xscale("log", base=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plots(main_runs: dict, runs_root: Path, out: Path) -> None:
+    import csv
+
     for ds, runs in main_runs.items():
-        fig, ax = plt.subplots(figsize=(5, 3.4))
+        acc_vs_T, history = {}, {}
         for method in _order(runs):
             ev = runs[method]["eval"]
             if ev:
-                Ts = sorted(ev)
-                ax.plot(Ts, [100 * ev[T] for T in Ts], "o-", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="inference timesteps T", ylabel="test accuracy (%)", title=f"{ds}: accuracy vs T")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{ds}_accuracy_vs_T.png", dpi=110)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        for method in _order(runs):
+                acc_vs_T[method] = (sorted(ev), [100 * ev[T] for T in sorted(ev)])
             hist = runs_root / ds / method / "history.csv"
             if hist.exists():
                 rows = list(csv.DictReader(hist.open()))
-                ax.plot([int(r["epoch"]) for r in rows], [100 * float(r["test_acc"]) for r in rows], label=method)
-        ax.set(xlabel="epoch", ylabel="test accuracy @T_s (%)", title=f"{ds}: training")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"{ds}_history.png", dpi=110)
-        plt.close(fig)
+                history[method] = ([int(r["epoch"]) for r in rows], [100 * float(r["test_acc"]) for r in rows])
+        _line_plot(acc_vs_T, "inference timesteps T", "test accuracy (%)", f"{ds}: accuracy vs T",
+                   out / f"{ds}_accuracy_vs_T.png", log2_x=True)
+        _line_plot(history, "epoch", "test accuracy @T_s (%)", f"{ds}: training", out / f"{ds}_history.png")
 
 
 def main(argv: list[str] | None = None) -> int:
