@@ -84,7 +84,7 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
     from pipeline.train import resolve
 
     train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
-    store = store or Path(paths.events_root) / f"{dataset}.zarr"
+    store = store or default_store_path(paths, dataset, load_section("ingest", IngestConfig, params, overrides).format)
     keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))), store,
                Path(paths.frames_root), ("train", "test"), progress)
     if prune:

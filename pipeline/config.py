@@ -241,9 +241,20 @@ def for_dataset(section: str, cls: type[C], dataset: str, params: str | Path | d
     an explicit command-line value always wins over the dataset's recipe."""
     data = params if isinstance(params, dict) else load_params(params)
     cli = apply_overrides({}, overrides)
-    with_cli = apply_overrides(data, overrides)
-    recipe = (with_cli.get("recipes") or {}).get(dataset) or {}
-    merged = _merge(_merge(data.get(section) or {}, recipe.get(section) or {}), cli.get(section) or {})
+    recipe = (apply_overrides(data, overrides).get("recipes") or {}).get(dataset) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipes.{dataset} must be a mapping, got {recipe!r}")
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    merged: dict = {}
+    for name, layer in ((section, data.get(section)), (f"recipes.{dataset}.{section}", recipe.get(section)),
+                        (f"--set {section}", cli.get(section))):
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{name} must be a mapping, got {layer!r}")
+        if unknown := sorted(set(layer) - set(fields)):
+            raise ConfigError(f"unknown key(s) in {name}: {unknown}; valid keys: {fields}")
+        merged = _merge(merged, layer)
     return build(cls, merged, section)
 
 

@@ -256,8 +256,8 @@ class _ShardReader:
 
     _MISSING = np.uint64(2**64 - 1)
 
-    def __init__(self, root: Path, shard: int, sample_shape: tuple[int, ...], dtype: np.dtype):
-        self.root, self.shard, self.sample_shape, self.dtype = root, shard, sample_shape, dtype
+    def __init__(self, root: Path, shard: int, n: int, sample_shape: tuple[int, ...], dtype: np.dtype):
+        self.root, self.shard, self.n, self.sample_shape, self.dtype = root, shard, n, sample_shape, dtype
         self._index: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -274,26 +274,34 @@ class _ShardReader:
                   and conf["index_location"] == "end" and conf["chunk_shape"][0] == 1
                   and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
                   and meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == meta["shape"][1:]
+                  and conf["chunk_shape"][1:] == meta["shape"][1:] and meta["fill_value"] == 0
                   and meta["data_type"] in ("uint8", "int16", "float32"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not ok:
             return None
         shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        return cls(path / "frames", shard, tuple(meta["shape"][1:]), np.dtype(meta["data_type"]).newbyteorder("<"))
+        return cls(path / "frames", shard, int(meta["shape"][0]), tuple(meta["shape"][1:]),
+                   np.dtype(meta["data_type"]).newbyteorder("<"))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_index": {}}
 
     def _shard_index(self, s: int) -> np.ndarray:
         if s not in self._index:
-            with open(self.root / "c" / str(s) / "0" / "0" / "0" / "0", "rb") as f:
-                f.seek(-(16 * self.shard + 4), os.SEEK_END)
-                self._index[s] = np.frombuffer(f.read(16 * self.shard), "<u8").reshape(self.shard, 2)
+            path = self.root / "c" / str(s) / "0" / "0" / "0" / "0"
+            if not path.exists():  # zarr writes no shard whose chunks are all fill values
+                self._index[s] = np.full((self.shard, 2), self._MISSING, np.uint64)
+            else:
+                with open(path, "rb") as f:
+                    f.seek(-(16 * self.shard + 4), os.SEEK_END)
+                    self._index[s] = np.frombuffer(f.read(16 * self.shard), "<u8").reshape(self.shard, 2)
         return self._index[s]
 
     def read(self, i: int) -> np.ndarray:
-        s, j = divmod(int(i), self.shard)
+        if not -self.n <= i < self.n:
+            raise IndexError(f"sample {i} out of range for a cache of {self.n} samples")
+        s, j = divmod(int(i) % self.n, self.shard)
         offset, nbytes = self._shard_index(s)[j]
         if offset == self._MISSING:  # an all-zero chunk is not stored: the fill value
             return np.zeros(self.sample_shape, self.dtype)

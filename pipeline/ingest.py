@@ -24,7 +24,7 @@ from pipeline.config import IngestConfig, PathsConfig, load_section
 from pipeline.datasets import DatasetSpec, MissingRawDataError, get_spec
 from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
-from pipeline.store import EventStoreWriter, stable_hash
+from pipeline.store import EventStoreWriter, StoreError, stable_hash
 
 __all__ = ["ingest", "ingest_and_report", "main", "default_store_path", "COUNT_KEYS"]
 
@@ -188,7 +188,7 @@ def ingest_and_report(spec: DatasetSpec, raw: Path, out: Path, cfg: IngestConfig
     except MissingRawDataError as err:
         print(f"error: raw data for {spec.name} is missing: {err}\n{download_hint(spec, raw)}", file=sys.stderr)
         return 2
-    except RawDataError as err:
+    except (RawDataError, StoreError) as err:
         print(f"error: {err}\nno event store was written.", file=sys.stderr)
         return 1
     print(report(attrs, out))

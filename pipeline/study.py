@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                                *common])
             if code:
                 return code
-            code = evaluate.main([str(out), "--no-progress"])
+            code = evaluate.main([str(out), *common])
             if code:
                 return code
     return 0

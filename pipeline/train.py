@@ -189,9 +189,10 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = max(cfg.epochs, 1)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps) if cfg.schedule == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
+    # closed form in the epoch (not chained from the current lr), so a resume with more epochs stretches it
+    lr_factor = (lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1)))) \
+        if cfg.schedule == "cosine" else (lambda e: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
                                   and not torch.cuda.is_bf16_supported())
     deploy_params = count_parameters(net.deploy())
@@ -202,15 +203,17 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     start_epoch, best_acc, best_epoch, wall = 0, -1.0, -1, 0.0
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if (ckpt["config"]["train"], ckpt["config"]["bin"], ckpt["store_id"]) != (
-                _comparable(cfg), dataclasses.asdict(bin_cfg), store.store_id):
+        saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), T_s).as_dict()
+        if (ckpt["config"]["train"], saved_binning, ckpt["store_id"]) != (
+                _comparable(cfg), Binning.from_config(bin_cfg, T_s).as_dict(), store.store_id):
             raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-            sched.T_max = max(cfg.epochs, 1)  # resuming with more epochs stretches the schedule, never restarts it
+        for group, base in zip(opt.param_groups, sched.base_lrs):  # this run's schedule (epochs may have grown)
+            group["lr"] = base * lr_factor(sched.last_epoch)
+        if ckpt.get("scaler"):  # empty when the checkpoint was written without fp16 loss scaling
+            scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
         history, wall = ckpt["history"], ckpt["wall_s"]
         if main_proc:

@@ -35,6 +35,8 @@ def test_command_line_wins_over_the_recipe():
     (["train.lr=fast"], "train.lr must be float"),
     (["train.method=distill"], "choose one of baseline, tsd, ssd, tssd"),
     (["train.lr"], "key.path=value"),
+    (["train=5"], "--set train must be a mapping"),
+    (["recipes.gest.train.lrr=1"], r"unknown key\(s\) in recipes.gest.train"),
 ])
 def test_bad_overrides_are_errors(over, match):
     with pytest.raises(ConfigError, match=match):

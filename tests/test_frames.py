@@ -196,8 +196,8 @@ def test_fast_shard_reader_matches_zarr_including_empty_samples(tmp_path):
     rng = np.random.default_rng(0)
     with EventStoreWriter(tmp_path / "s.zarr", chunk_events=64, shard_events=256) as w:
         s = w.split("train")
-        for i in range(70):  # more than one shard of 64 samples; every 7th sample has no events at all
-            n = 0 if i % 7 == 0 else int(rng.integers(1, 300))
+        for i in range(70):  # two shards of 64 samples; every 7th sample, and all of the last shard, is empty
+            n = 0 if i % 7 == 0 or i >= 64 else int(rng.integers(1, 300))
             s.add(rng.integers(0, 16, n), rng.integers(0, 16, n), np.sort(rng.integers(0, 10**6, n)),
                   rng.integers(0, 2, n), label=i % 3, recording=0, start_us=0, end_us=10**6)
         w.finish_split("train", {})
@@ -211,4 +211,6 @@ def test_fast_shard_reader_matches_zarr_including_empty_samples(tmp_path):
         for i in range(len(cache)):
             got = cache.sample(i)
             assert got.dtype == np.dtype(dtype) and np.array_equal(got, np.asarray(cache.frames[i])), (dtype, i)
-        assert not cache.sample(0).any()
+        assert not cache.sample(0).any() and not cache.sample(-1).any()
+        with pytest.raises(IndexError):
+            cache.sample(70)

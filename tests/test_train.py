@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def test_resume_with_more_epochs_stretches_the_schedule(store, tmp_path):
     assert _train(store, tmp_path / "run", "--epochs", "4", "--resume") == 0
     lrs = [r["lr"] for r in torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["history"]]
     assert len(lrs) == 4 and all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # never climbs back up
+    # epochs 3-4 follow the 4-epoch cosine in closed form (they do not stay at the 2-epoch run's final 0)
+    assert lrs[2:] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in (2, 3)])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(store, tmp_path, monkeypatch, capsys):
