@@ -128,12 +128,10 @@ class RebinView:
     """Frames binned on the fly from an event-store split (any ``binning.T``, no cache needed)."""
 
     def __init__(self, split: EventSplit | tuple[str | Path, str], binning: Binning):
-        if not isinstance(split, EventSplit):
-            store_path, name = split
-            split = open_event_store(store_path)[name]
-        self.split = split
+        store = open_event_store(split[0] if isinstance(split, tuple) else split.path)
+        self.split = store[split[1]] if isinstance(split, tuple) else split
         self.binning = binning
-        self.sensor = open_event_store(split.path).sensor_size
+        self.sensor = store.sensor_size
         self.T = binning.T
 
     def __len__(self) -> int:
@@ -180,11 +178,6 @@ class MultiViewDataset(Dataset):
 
     def __len__(self) -> int:
         return len(next(iter(self.views.values())))
-
-    @property
-    def labels(self) -> np.ndarray:
-        first = next(iter(self.views.values()))
-        return np.array([first.label(i) for i in range(len(first))], dtype=np.int64)
 
     def __getitem__(self, i: int) -> tuple[dict[str, torch.Tensor], int]:
         out = {k: torch.from_numpy(np.asarray(v.frames(i)).astype(np.float32)) for k, v in self.views.items()}

@@ -60,9 +60,8 @@ class _OpCounter:
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: Path, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
-    """Accuracy, firing rates and SOPs of the deployed network at each T in ``Ts``."""
-    net, ckpt = load_run(run_dir, device)
+def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
+    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.train.load_run`) at each T."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     test = open_event_store(ckpt["store_path"])["test"]
     rows = []
@@ -119,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cfg = load_section("evaluate", EvaluateConfig, args.params, args.overrides)
-    run_cfg = torch.load(args.run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["config"]["train"]
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    net, ckpt = load_run(args.run_dir, device)
+    run_cfg = ckpt["config"]["train"]
     T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    rows = evaluate_run(args.run_dir, Ts, args.batch_size or cfg.batch_size, device)
+    rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
     write_atomic(args.run_dir / "eval.json", json.dumps(rows, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])

@@ -412,6 +412,17 @@ def _pixel_events(L, dt_us, theta_on, theta_off, refractory_us, noise_t, noise_p
 
 
 @nb.njit(cache=True, nogil=True)
+def _interp_axis(f, size):
+    """Left sample index and weight of the right one for bilinear interpolation at ``f``, clamped to the edge."""
+    if f <= 0.0:
+        return 0, 0.0
+    if f >= size - 1:
+        return size - 2, 1.0
+    i = int(f)
+    return i, f - i
+
+
+@nb.njit(cache=True, nogil=True)
 def _render_pixel(canvases, image, dx, dy, oversample, x, y, out):
     """Bilinear sample of the log canvases at pixel (x, y)'s centre for every scene step; clamps at the edge."""
     hc = canvases.shape[1]
@@ -419,20 +430,8 @@ def _render_pixel(canvases, image, dx, dy, oversample, x, y, out):
     for k in range(image.shape[0]):
         fx = (x + 0.5 - dx[k]) * oversample - 0.5
         fy = (y + 0.5 - dy[k]) * oversample - 0.5
-        if fx <= 0.0:
-            ix, ax = 0, 0.0
-        elif fx >= wc - 1:
-            ix, ax = wc - 2, 1.0
-        else:
-            ix = int(fx)
-            ax = fx - ix
-        if fy <= 0.0:
-            iy, ay = 0, 0.0
-        elif fy >= hc - 1:
-            iy, ay = hc - 2, 1.0
-        else:
-            iy = int(fy)
-            ay = fy - iy
+        ix, ax = _interp_axis(fx, wc)
+        iy, ay = _interp_axis(fy, hc)
         c = canvases[image[k]]
         top = (1.0 - ax) * c[iy, ix] + ax * c[iy, ix + 1]
         bot = (1.0 - ax) * c[iy + 1, ix] + ax * c[iy + 1, ix + 1]
