@@ -61,7 +61,7 @@ def _prepare(ev: DecodedEvents, path: Path, spec: DatasetSpec, out_of_sensor: st
         counts["out_of_sensor"] += int(bad.sum())
         keep = ~bad
         x, y, t, p = x[keep], y[keep], t[keep], p[keep]
-    return DecodedEvents(x, y, t, p, ev.counts)
+    return DecodedEvents(x, y, t, p, ev.counts, ev.header)
 
 
 def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str | None = None,
@@ -89,10 +89,11 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
             overlaps_before = len(overlaps)
             for rec_idx, rec in enumerate(recs):
                 data = rec.path.read_bytes()
-                sources.append(_file_record(rec.path, rec.name, data))
+                decoded = spec.decode(data, rec.path)
+                sources.append({**_file_record(rec.path, rec.name, data), **(decoded.header or {})})
                 for extra in spec.label_files(rec):
                     sources.append(_file_record(extra, str(Path(rec.name).parent / extra.name), extra.read_bytes()))
-                ev = _prepare(spec.decode(data, rec.path), rec.path, spec, cfg.out_of_sensor, counts)
+                ev = _prepare(decoded, rec.path, spec, cfg.out_of_sensor, counts)
                 for k, v in ev.counts.items():
                     counts[k] += v
                 windows = spec.windows(rec, ev)

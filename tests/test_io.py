@@ -20,7 +20,8 @@ from pipeline.io.aedat3 import (
 )
 from pipeline.io.errors import RawDataError
 
-HEADER = b"#!AEDAT-3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"
+# the header of a real DVS128-Gesture recording (cAER), byte for byte
+HEADER = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#Start-Time: 2017-01-16 16:15:36 (TZ+0100)\r\n#!END-HEADER\r\n"
 
 
 def _events(rng, n, t0=0, t_span=5_000_000):
@@ -82,11 +83,12 @@ def test_aedat31_capacity_larger_than_number_skips_unused_slots(tmp_path):
     "mutate, match, offset",
     [
         (lambda good: good[:-5], "truncated packet", len(HEADER)),
-        (lambda good: b"#!AEDAT-2.0\r\n" + good[len(b"#!AEDAT-3.1\r\n"):], "magic", 0),
+        (lambda good: b"#!AEDAT-3.1\r\n" + good[len(b"#!AER-DAT3.1\r\n"):], "'#!AER-DAT3.1' first line", 0),
+        (lambda good: b"#!AER-DAT2.0\r\n" + good[len(b"#!AER-DAT3.1\r\n"):], "version 2.0, not 3.1", 0),
         (lambda good: good.replace(b"#!END-HEADER\r\n", b"#!END-HEADR\r\n"), "END-HEADER", None),
         (lambda good: good + b"\x01\x00\x01\x00", "truncated packet header", len(HEADER) + 28 + 80),
     ],
-    ids=["truncated-packet", "wrong-magic", "no-end-header", "truncated-header"],
+    ids=["truncated-packet", "made-up-magic", "other-version", "no-end-header", "truncated-header"],
 )
 def test_aedat31_bad_input_names_file_and_offset(tmp_path, mutate, match, offset):
     rng = np.random.default_rng(4)
@@ -181,9 +183,40 @@ def test_aedat20_partial_pairs_name_offset(tmp_path, extra, match):
     assert info.value.offset == len(good) and str(path) in str(info.value)
 
 
-def test_aedat20_wrong_magic():
-    with pytest.raises(RawDataError, match="magic"):
-        decode_aedat20(b"#!AEDAT-3.1\r\n" + b"\x00" * 8, "x.aedat")
+@pytest.mark.parametrize("head, match", [
+    (b"#!AER-DAT3.1\r\n", "version 3.1, not 2.0"),
+    (b"#!AER-DAT1.0\r\n", "version 1.0, not 2.0"),
+    (b"#!AER-DATx\r\n", "'#!AER-DAT2.0' first line"),
+    (b"\x00\x00\x00\x01", "no '#!AER-DAT2.0' or '#' header"),
+])
+def test_aedat20_other_versions_name_themselves(head, match):
+    with pytest.raises(RawDataError, match=match) as info:
+        decode_aedat20(head + b"\x00" * 8, "x.aedat")
+    assert info.value.offset == 0 and "x.aedat" in str(info.value)
+
+
+def test_aedat20_comment_header_without_version_line_is_read_as_2_0():
+    """SpikingJelly and tonic accept any '#' header; we do too and record that no version line was there."""
+    words = np.array([[to_raw_address([3], [4], [1])[0], 10]], dtype=">u4")
+    d = decode_aedat20(b"# jAER recording without a version line\r\n" + words.tobytes())
+    assert (d.x[0], d.y[0], d.t[0], d.p[0]) == (3, 4, 10, 1)
+    assert d.header == {"format": "AEDAT 2.0", "version_line": False}
+    assert decode_aedat20(b"#!AER-DAT2.0\n" + words.tobytes()).header["version_line"] is True
+
+
+def test_aedat31_header_fields_line_ends_and_format(tmp_path):
+    rng = np.random.default_rng(6)
+    body = encode_packet(POLARITY_EVENT, polarity_payload(*_events(rng, 10)), event_size=8)
+    d = decode_aedat31(HEADER + body)
+    assert d.header == {"format": "AEDAT 3.1", "source": "DVS128", "start_time": "2017-01-16 16:15:36 (TZ+0100)"}
+    lf = decode_aedat31(HEADER.replace(b"\r\n", b"\n") + body)  # '\n' line ends (some tools write them)
+    np.testing.assert_array_equal(lf.t, d.t)
+    minimal = decode_aedat31(b"#!AER-DAT3.1\r\n#Format: RAW\r\n#!END-HEADER\r\n" + body)  # cAER's file output
+    np.testing.assert_array_equal(minimal.t, d.t)
+    with pytest.raises(RawDataError, match="'#Format: SerializedTS' is not supported"):
+        decode_aedat31(HEADER.replace(b"RAW", b"SerializedTS") + body, "c.aedat")
+    write_aedat31(tmp_path / "w.aedat", [1], [2], [3], [1])
+    assert (tmp_path / "w.aedat").read_bytes().startswith(b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n")
 
 
 @settings(max_examples=300, deadline=None)

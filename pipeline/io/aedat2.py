@@ -2,10 +2,17 @@
 
 File layout::
 
-    #!AER-DAT2.0\\r\\n          ASCII header lines, each starting with '#'
-    #...\\r\\n                  (optionally ending with '#End Of ASCII Header\\r\\n'; without that mark the header ends at the
-                                first line that is not printable ASCII starting with '#')
+    #!AER-DAT2.0\\r\\n          the version line jAER writes (see pipeline.io.aedat_header)
+    #...\\r\\n                  ASCII header lines, each starting with '#' (optionally ending with
+                                '#End Of ASCII Header\\r\\n'; without that mark the header ends at the first line
+                                that is not printable ASCII starting with '#')
     (address u32, timestamp u32)*   big-endian pairs, timestamps in µs
+
+A file whose ``#`` comment lines carry no ``#!AER-DAT`` line is read as 2.0, as SpikingJelly's and tonic's
+readers do (jAER writes the version line since 2.0; a 1.0 file's 6-byte events would fail the whole-pairs
+check). Its header record says ``"version_line": false`` so the store's provenance shows the assumption. A
+version line naming another version (1.0, 3.1, 4.0) is an error that names it, and so is a file with no ``#``
+header at all.
 
 Orientation: we follow SpikingJelly's CIFAR10-DVS loader, which most published CIFAR10-DVS results trained on.
 From the raw jAER DVS128 address::
@@ -25,12 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io.aedat3 import DecodedEvents
+from pipeline.io.aedat_header import version_line
 from pipeline.io.errors import RawDataError
 
 __all__ = ["READER_VERSION", "read_aedat20", "decode_aedat20", "write_aedat20", "to_raw_address"]
 
 READER_VERSION = "aedat2.0-reader/1"
-_MAGIC = b"#!AER-DAT2"
 _END_MARK = b"#End Of ASCII Header"
 _MAX_LINE = 4096
 
@@ -40,10 +47,15 @@ def _is_header_line(line: bytes) -> bool:
     return line.endswith(b"\n") and all(32 <= c < 127 or c in (9, 13, 10) for c in line)
 
 
-def _data_start(buf: bytes, path: str | Path) -> int:
-    """Offset of the first binary byte: after the header lines (or after the explicit end mark)."""
-    if not buf.startswith(_MAGIC):
-        raise RawDataError(path, f"not an AEDAT 2.0 file: expected '#!AER-DAT2' magic, found {buf[:16]!r}", offset=0)
+def _data_start(buf: bytes, path: str | Path) -> tuple[dict, int]:
+    """The header record and the offset of the first binary byte: after the header lines (or the end mark)."""
+    if not buf.startswith(b"#"):
+        raise RawDataError(path, f"not an AEDAT 2.0 file: no '#!AER-DAT2.0' or '#' header line, found {buf[:16]!r}",
+                           offset=0)
+    has_version = buf.startswith(b"#!AER-DAT")
+    if has_version:  # a version line must name 2.0 (a malformed one is an error, not a comment)
+        version_line(buf, path, "2.0")
+    header = {"format": "AEDAT 2.0", "version_line": has_version}
     pos = 0
     while pos < len(buf) and buf[pos : pos + 1] == b"#":
         eol = buf.find(b"\n", pos, pos + _MAX_LINE)
@@ -55,12 +67,12 @@ def _data_start(buf: bytes, path: str | Path) -> int:
         pos = eol + 1
         if line.startswith(_END_MARK):
             break
-    return pos
+    return header, pos
 
 
 def decode_aedat20(buf: bytes, path: str | Path = "<buffer>") -> DecodedEvents:
     """Decode an AEDAT 2.0 DVS128 file held in memory (see the module docstring)."""
-    start = _data_start(buf, path)
+    header, start = _data_start(buf, path)
     n_bytes = len(buf) - start
     if n_bytes % 8:
         raise RawDataError(
@@ -84,7 +96,7 @@ def decode_aedat20(buf: bytes, path: str | Path = "<buffer>") -> DecodedEvents:
     y = (127 - x_r).astype(np.uint16)
     p = (1 - p_r).astype(np.uint8)
     counts = {"events_read": int(len(t)), "invalid_dropped": 0, "nonpolarity_skipped": 0}
-    return DecodedEvents(x, y, t, p, counts)
+    return DecodedEvents(x, y, t, p, counts, header)
 
 
 def read_aedat20(path: str | Path) -> DecodedEvents:

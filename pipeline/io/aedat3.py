@@ -1,9 +1,11 @@
-"""AEDAT 3.1 (cAER / DV) reader and writer for DVS128 polarity events, as in DVS128-Gesture.
+"""AEDAT 3.1 (cAER / jAER) reader and writer for DVS128 polarity events, as in DVS128-Gesture.
 
 File layout::
 
-    #!AEDAT-3.1\\r\\n            ASCII header lines, each starting with '#' and ending in \\r\\n
-    #...\\r\\n
+    #!AER-DAT3.1\\r\\n           the version line, as cAER and jAER write it (see pipeline.io.aedat_header)
+    #Format: RAW\\r\\n           ASCII header lines, each starting with '#' and ending in \\r\\n (\\n is accepted)
+    #Source 1: DVS128\\r\\n
+    #Start-Time: 2017-01-16 16:15:36 (TZ+0100)\\r\\n
     #!END-HEADER\\r\\n
     packet*                     28-byte little-endian header, then eventCapacity * eventSize bytes
 
@@ -33,6 +35,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from pipeline.io.aedat_header import version_line
 from pipeline.io.errors import RawDataError
 
 __all__ = [
@@ -48,7 +51,7 @@ __all__ = [
 READER_VERSION = "aedat3.1-reader/1"
 POLARITY_EVENT = 1
 HEADER_BYTES = 28
-_END_HEADER = b"#!END-HEADER\r\n"
+_END_HEADER = b"#!END-HEADER"
 _MAX_HEADER_BYTES = 1 << 20
 
 # Error codes returned by the Numba kernels; the wrapper turns them into RawDataError messages.
@@ -71,6 +74,7 @@ class DecodedEvents(NamedTuple):
     t: np.ndarray  # int64 (N,) µs
     p: np.ndarray  # uint8 (N,)
     counts: dict[str, int]
+    header: dict | None = None  # what the file's header says: {"format": "AEDAT 3.1", "source": "DVS128", ...}
 
 
 @nb.njit(cache=True, nogil=True)
@@ -171,28 +175,42 @@ def _decode_packets(buf, pos, num, overflow, first, x, y, t, p):
             e += 8
 
 
-def _header_end(buf: bytes | np.ndarray, path: str | Path) -> int:
-    """Byte offset just past ``#!END-HEADER\\r\\n``; checks the ``#!AEDAT-3`` magic."""
+def parse_header(buf: bytes | np.ndarray, path: str | Path) -> tuple[dict, int]:
+    """The header's fields and the offset of the first packet.
+
+    The first line must be ``#!AER-DAT3.1``; every further line starts with ``#`` and ends in ``\\r\\n`` (or
+    ``\\n``), up to ``#!END-HEADER``. ``#Format:`` must be ``RAW`` when present (cAER's compressed formats are
+    refused by name). Returns ``({"format": "AEDAT 3.1", "source": ..., "start_time": ...}, data_start)``;
+    ``source`` is the first ``#Source N: <camera>`` line (``DVS128`` in DVS128-Gesture).
+    """
     head = bytes(buf[:_MAX_HEADER_BYTES])
-    if not head.startswith(b"#!AEDAT-3."):
-        raise RawDataError(path, f"not an AEDAT 3.x file: expected '#!AEDAT-3.' magic, found {head[:16]!r}", offset=0)
-    pos = 0
+    pos = version_line(head, path, "3.1")
+    info: dict = {"format": "AEDAT 3.1"}
     while True:
         eol = head.find(b"\n", pos)
         if eol < 0:
             raise RawDataError(path, "header never ends: no '#!END-HEADER' line", offset=pos)
-        line = head[pos : eol + 1]
+        line = head[pos:eol].rstrip(b"\r")
         if not line.startswith(b"#"):
             raise RawDataError(path, f"header line does not start with '#' (no '#!END-HEADER' line before it): {line[:40]!r}", offset=pos)
         if line == _END_HEADER:
-            return eol + 1
+            return info, eol + 1
+        text = line[1:].decode("latin-1")
+        key, _, value = text.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "Format" and value != "RAW":
+            raise RawDataError(path, f"'#Format: {value}' is not supported (only RAW, the format cAER and jAER record in)", offset=pos)
+        if key.startswith("Source ") and "source" not in info:
+            info["source"] = value
+        if key == "Start-Time":
+            info["start_time"] = value
         pos = eol + 1
 
 
 def decode_aedat31(buf: bytes | np.ndarray, path: str | Path = "<buffer>") -> DecodedEvents:
     """Decode an AEDAT 3.1 file held in memory (bytes or a uint8 array). Raises RawDataError on malformed input."""
     buf = np.frombuffer(buf, np.uint8) if isinstance(buf, (bytes, bytearray, memoryview)) else np.ascontiguousarray(buf, np.uint8)
-    start = _header_end(buf, path)
+    header, start = parse_header(buf, path)
     err, off, detail, n_packets, n_pol, n_other, unused = _walk_packets(buf, start)
     if err != _OK:
         raise RawDataError(path, _MESSAGES[err].format(detail=detail), offset=int(off))
@@ -213,7 +231,7 @@ def decode_aedat31(buf: bytes | np.ndarray, path: str | Path = "<buffer>") -> De
         "nonpolarity_skipped": int(n_other),
         "unused_slots": int(unused),
     }
-    return DecodedEvents(x, y, t, p, counts)
+    return DecodedEvents(x, y, t, p, counts, header)
 
 
 def read_aedat31(path: str | Path) -> DecodedEvents:
@@ -273,9 +291,9 @@ def write_aedat31(
     *,
     valid=None,
     events_per_packet: int = 4096,
-    header_lines: tuple[str, ...] = ("#Format: RAW", "#Source 1: DVS128"),
+    header_lines: tuple[str, ...] = ("#Format: RAW", "#Source 1: DVS128", "#Start-Time: 2017-01-01 00:00:00 (TZ+0000)"),
 ) -> None:
-    """Write polarity events as an AEDAT 3.1 file, as cAER does for a DVS128.
+    """Write polarity events as an AEDAT 3.1 file, as cAER does for a DVS128 (the same header lines).
 
     Events are grouped into packets of at most ``events_per_packet`` events that share ``t >> 31`` (the packet's
     eventTSOverflow). ``valid`` (bool per event, default all True) sets each event's valid bit; eventValid counts
@@ -288,7 +306,8 @@ def write_aedat31(
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
     x, y, p = np.asarray(x), np.asarray(y), np.asarray(p)
     overflow = t >> 31
-    parts = [b"#!AEDAT-3.1\r\n"] + [line.encode("ascii") + b"\r\n" for line in header_lines] + [_END_HEADER]
+    lines = ("#!AER-DAT3.1", *header_lines, _END_HEADER.decode())
+    parts = [line.encode("ascii") + b"\r\n" for line in lines]
     # packet boundaries: every events_per_packet events and wherever the overflow counter changes
     cuts = set(range(0, n, events_per_packet)) | set((np.flatnonzero(np.diff(overflow)) + 1).tolist())
     bounds = sorted(cuts) + [n]
