@@ -52,6 +52,9 @@ def test_gesture_round_trip_and_reconciliation(gesture_tree, tmp_path, fmt):
     assert {s["name"] for s in store.attrs["sources"]} >= {"user01_fluorescent_led.aedat",
                                                           "user01_fluorescent_led_labels.csv"}
     assert all(len(s["sha256"]) == 64 for s in store.attrs["sources"])
+    # provenance: the format each header declared (the csv files have none)
+    rec = next(s for s in store.attrs["sources"] if s["name"] == "user01_fluorescent_led.aedat")
+    assert rec["format"] == "AEDAT 3.1" and rec["source"] == "DVS128"
     meta = store["train"].attrs["recordings"][0]
     assert meta == {"name": "user01_fluorescent_led.aedat", "user": 1, "lighting": "fluorescent_led"}
 
@@ -88,6 +91,8 @@ def test_cifar_round_trip_and_split_manifest(cifar_tree, tmp_path):
     names = [r["name"] for r in store["test"].attrs["recordings"]]
     assert names[0] == "airplane/cifar10_airplane_9.aedat" and len(names) == 10
     assert attrs["counts"]["stored"] == attrs["counts"]["events_read"]
+    assert {s["format"] for s in attrs["sources"]} == {"AEDAT 2.0"}
+    assert all(s["version_line"] for s in attrs["sources"])
 
 
 def test_cifar_split_schemes():
