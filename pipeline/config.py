@@ -127,6 +127,9 @@ class TrainConfig:
         _choice("train.task_loss", self.task_loss, ("ce", "tet"))
         if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0) or self.epochs < 0 or self.batch_size <= 0:
             raise ConfigError("train.T_s, T_t, batch_size must be positive and epochs >= 0")
+        if self.teacher_T <= self.T_s:
+            raise ConfigError(f"train.T_t = {self.teacher_T} must exceed train.T_s = {self.T_s}: the teacher is the "
+                              "same network run for more timesteps (set both, or T_t: null for 2 * T_s)")
 
     @property
     def teacher_T(self) -> int:
@@ -140,10 +143,11 @@ def _choice(name: str, value: Any, options: tuple) -> None:
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
-    """The whole params.yaml as a dict ({} when the file is absent)."""
+    """The whole params.yaml as a dict. A missing file is an error: running on the dataclass defaults instead
+    of the parameters the user meant would be a silent wrong result."""
     path = Path(path)
     if not path.is_file():
-        return {}
+        raise ConfigError(f"{path}: params file not found (run from the repository root, or pass --params PATH)")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.config import PathsConfig, load_section
 from pipeline.datasets import DatasetSpec, Download, get_spec
+from pipeline.io.errors import RawDataError
 
 __all__ = ["instructions", "download", "md5sum", "main"]
 
@@ -104,6 +105,9 @@ def check_params(params: Path) -> int:
         except MissingRawDataError as err:
             missing += 1
             print(f"error: {name}: {err}\n{instructions(spec, raw_root / name)}\n", file=sys.stderr)
+        except RawDataError as err:  # present but malformed (a trials list naming a recording twice, ...)
+            missing += 1
+            print(f"error: {name}: {err}", file=sys.stderr)
     return 2 if missing else 0
 
 

@@ -121,7 +121,8 @@ def test_overlapping_windows_are_kept_and_reported(tmp_path):
     x, y, p = rng.integers(0, 128, 5000), rng.integers(0, 128, 5000), rng.integers(0, 2, 5000)
     write_recording(root, "user22_led", x, y, t, p, [Window(0, 0, 600_000), Window(8, 500_000, 900_000)])
     (root / "trials_to_train.txt").write_text("user22_led.aedat\n")
-    (root / "trials_to_test.txt").write_text("user22_led.aedat\n")
+    write_recording(root, "user23_led", x, y, t, p, [Window(0, 0, 600_000)])  # test must not repeat a train recording
+    (root / "trials_to_test.txt").write_text("user23_led.aedat\n")
     attrs = ingest(get_spec("dvs_gesture"), root, tmp_path / "s.zarr", IngestConfig(**SMALL), progress=False)
     c = attrs["counts"]
     assert c["train.overlapping_windows"] == 1 and attrs["overlaps"][0]["rows"] == [2, 3]

@@ -8,8 +8,10 @@ from typing import Callable, Protocol
 
 from pipeline.events import SensorSize
 from pipeline.io.aedat3 import DecodedEvents
+from pipeline.io.errors import RawDataError
 
-__all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "whole_recording"]
+__all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "whole_recording", "read_listing",
+           "check_disjoint"]
 
 
 class MissingRawDataError(FileNotFoundError):
@@ -80,3 +82,43 @@ def whole_recording(label: int, events: DecodedEvents) -> list[Window]:
     if len(events.t) == 0:
         return [Window(label, 0, 0)]
     return [Window(label, int(events.t[0]), int(events.t[-1]) + 1)]
+
+
+def read_listing(path: Path) -> list[tuple[int, str]]:
+    """The non-empty lines of a trials list (``trials_to_train.txt``) as ``(1-based row, name)``.
+
+    A name listed twice would double its samples: that is an error naming both rows. A UTF-8 BOM (Excel, Notepad)
+    is accepted.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RawDataError(path, f"cannot read trials list: {err}") from err
+    seen: dict[str, int] = {}
+    out = []
+    for row, line in enumerate(text.splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in seen:
+            raise RawDataError(path, f"{name!r} is listed twice (rows {seen[name]} and {row}): its samples would be "
+                                     "counted twice", row=row)
+        seen[name] = row
+        out.append((row, name))
+    return out
+
+
+def check_disjoint(listings: dict[str, tuple[Path, list[tuple[int, str]]]]) -> None:
+    """Refuse a recording listed in two splits (train samples in the test set), naming both files and rows.
+
+    ``listings`` maps split name -> (listing file, its ``read_listing`` rows).
+    """
+    owner: dict[str, tuple[Path, int]] = {}
+    for _split, (path, rows) in listings.items():
+        for row, name in rows:
+            if name in owner:
+                first, first_row = owner[name]
+                raise RawDataError(path, f"{name!r} is also listed in {first} (row {first_row}): a recording in two "
+                                         "splits would put the same samples on both sides", row=row)
+            owner[name] = (path, row)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window
+from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, check_disjoint, read_listing
 from pipeline.events import SensorSize
 from pipeline.io import aedat3
 from pipeline.io.aedat3 import DecodedEvents
@@ -48,7 +48,7 @@ _NAME = re.compile(r"^user(\d+)_(.+)\.aedat$")
 def read_label_csv(path: Path, n_classes: int) -> list[Window]:
     """Parse ``userNN_<lighting>_labels.csv``: header ``class,startTime_usec,endTime_usec``, then 1-based rows."""
     try:
-        lines = path.read_text(encoding="ascii").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Excel's csv) is accepted
     except (OSError, UnicodeDecodeError) as err:
         raise RawDataError(path, f"cannot read label csv: {err}") from err
     if not lines or tuple(c.strip().lower() for c in lines[0].split(",")) != _CSV_HEADER:
@@ -64,8 +64,12 @@ def read_label_csv(path: Path, n_classes: int) -> list[Window]:
             raise RawDataError(path, f"expected three integers, found {line!r}", row=row) from None
         if not 1 <= cls <= n_classes:
             raise RawDataError(path, f"unknown class {cls} (valid: 1..{n_classes})", row=row)
-        if start < 0 or end < start:
+        if start < 0:
+            raise RawDataError(path, f"window start {start} is negative", row=row)
+        if end < start:
             raise RawDataError(path, f"window end {end} is before start {start}", row=row)
+        if end >= 1 << 63:
+            raise RawDataError(path, f"window end {end} µs does not fit in int64 (the store's time type)", row=row)
         windows.append(Window(label=cls - 1, start_us=start, end_us=end, row=row))
     return windows
 
@@ -105,16 +109,17 @@ class DVSGesture:
         if split != "official":
             raise ValueError(f"dvs_gesture has one split scheme, 'official'; got {split!r}")
         root = self._root(Path(raw_dir))
-        out: dict[str, list[Recording]] = {}
+        listings = {}
         for split_name in ("train", "test"):
             listing = root / f"trials_to_{split_name}.txt"
             if not listing.is_file():
                 raise MissingRawDataError(f"{listing} not found. Expected {self.raw_layout(Path(raw_dir))}.")
+            listings[split_name] = (listing, read_listing(listing))
+        check_disjoint(listings)
+        out: dict[str, list[Recording]] = {}
+        for split_name, (listing, rows) in listings.items():
             recs = []
-            for row, line in enumerate(listing.read_text().splitlines(), start=1):
-                fname = line.strip()
-                if not fname:
-                    continue
+            for row, fname in rows:
                 m = _NAME.match(fname)
                 if not m:
                     raise RawDataError(listing, f"not a 'userNN_<lighting>.aedat' name: {fname!r}", row=row)

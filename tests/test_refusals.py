@@ -1,0 +1,115 @@
+"""What the pipeline refuses: each test is one attack and the refusal it gets (issue 10's list, growing).
+
+Every refusal names the file and the row/offset or the key at fault, and happens before any product is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import ConfigError, TrainConfig, load_params, load_section
+from pipeline.datasets import get_spec
+from pipeline.datasets.base import read_listing
+from pipeline.datasets.dvs_gesture import read_label_csv
+from pipeline.io.errors import RawDataError
+
+from tests.conftest import make_gesture_tree
+
+
+# ------------------------------------------------------------------------------------------- trials lists
+def test_a_recording_listed_twice_is_refused(tmp_path):
+    tree = make_gesture_tree(tmp_path / "raw", n_events=500)
+    listing = tree.root / "trials_to_train.txt"
+    listing.write_text(listing.read_text() + "user01_fluorescent_led.aedat\r\n")
+    with pytest.raises(RawDataError, match=r"listed twice \(rows 1 and 3\)") as info:
+        get_spec("dvs_gesture").recordings(tree.root)
+    assert info.value.path == str(listing) and info.value.row == 3
+
+
+def test_a_recording_in_train_and_test_is_refused(tmp_path):
+    tree = make_gesture_tree(tmp_path / "raw", n_events=500)
+    test_list = tree.root / "trials_to_test.txt"
+    test_list.write_text(test_list.read_text() + "user02_fluorescent_led.aedat\r\n")
+    with pytest.raises(RawDataError, match="also listed in .*trials_to_train.txt \\(row 2\\)") as info:
+        get_spec("dvs_gesture").recordings(tree.root)
+    assert info.value.path == str(test_list) and info.value.row == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a.aedat", "b.aedat", "c.aedat", "", "  ", "\ufeffd.aedat"]), max_size=8),
+       st.sampled_from(["\n", "\r\n"]))
+def test_trials_list_parser_fuzzed(tmp_path_factory, lines, eol):
+    """Any list parses to unique names in file order, or is refused naming the second row of a duplicate."""
+    path = tmp_path_factory.mktemp("trials") / "trials_to_train.txt"
+    path.write_bytes(eol.join(lines).encode("utf-8"))
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+    if len(set(names)) < len(names):
+        with pytest.raises(RawDataError, match="listed twice"):
+            read_listing(path)
+    else:
+        assert [n for _, n in read_listing(path)] == names
+
+
+# ------------------------------------------------------------------------------------------- label csv
+def test_label_csv_with_a_utf8_bom_is_read(tmp_path):
+    """Excel writes a BOM before 'class': accepted, the rows are the same."""
+    path = tmp_path / "u_labels.csv"
+    path.write_bytes(b"\xef\xbb\xbfclass,startTime_usec,endTime_usec\r\n3,10,20\r\n")
+    (w,) = read_label_csv(path, 11)
+    assert (w.label, w.start_us, w.end_us, w.row) == (2, 10, 20, 2)
+
+
+@pytest.mark.parametrize("row, match", [
+    ("3,10,99999999999999999999", "does not fit in int64"),
+    ("3,-1,20", "start -1 is negative"),
+    ("3,20,10", "end 10 is before start 20"),
+    ("12,10,20", "unknown class 12"),
+    ("3,10", "expected three integers"),
+    ("3,1e3,20", "expected three integers"),
+])
+def test_label_csv_bad_rows_name_the_row(tmp_path, row, match):
+    path = tmp_path / "u_labels.csv"
+    path.write_text(f"class,startTime_usec,endTime_usec\n1,0,5\n{row}\n")
+    with pytest.raises(RawDataError, match=match) as info:
+        read_label_csv(path, 11)
+    assert info.value.row == 3 and str(path) in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5, 15), st.integers(-10, 1 << 64), st.integers(-10, 1 << 64)), max_size=6),
+       st.booleans())
+def test_label_csv_parser_fuzzed(tmp_path_factory, rows, bom):
+    """Any integer rows: parsed exactly when valid, otherwise a RawDataError naming the first bad row."""
+    path = tmp_path_factory.mktemp("csv") / "u_labels.csv"
+    text = "class,startTime_usec,endTime_usec\n" + "".join(f"{c},{s},{e}\n" for c, s, e in rows)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    bad = [i for i, (c, s, e) in enumerate(rows) if not (1 <= c <= 11 and 0 <= s <= e < 1 << 63)]
+    if bad:
+        with pytest.raises(RawDataError) as info:
+            read_label_csv(path, 11)
+        assert info.value.row == bad[0] + 2
+    else:
+        assert [(w.label + 1, w.start_us, w.end_us) for w in read_label_csv(path, 11)] == rows
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_a_missing_params_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="nonexist.yaml: params file not found"):
+        load_params(tmp_path / "nonexist.yaml")
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_section("train", TrainConfig, tmp_path / "nonexist.yaml")
+
+
+@pytest.mark.parametrize("T_s, T_t", [(4, 4), (8, 4), (4, 2)])
+def test_a_teacher_no_longer_than_the_student_is_refused(T_s, T_t):
+    with pytest.raises(ConfigError, match=f"train.T_t = {T_t} must exceed train.T_s = {T_s}"):
+        TrainConfig(T_s=T_s, T_t=T_t)
+    assert TrainConfig(T_s=T_s, T_t=None).teacher_T == 2 * T_s
+
+
+def test_repository_params_file_exists_and_loads():
+    assert load_params(Path(__file__).resolve().parents[1] / "params.yaml")["datasets"]
