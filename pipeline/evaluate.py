@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from pipeline.config import BinConfig, EvaluateConfig, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
-from pipeline.store import open_event_store, write_atomic
+from pipeline.store import StoreError, open_event_store, write_atomic
 from pipeline.train import load_run
 
 __all__ = ["evaluate_run", "main"]
@@ -63,7 +63,11 @@ class _OpCounter:
 def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
     """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.train.load_run`) at each T."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
-    test = open_event_store(ckpt["store_path"])["test"]
+    store = open_event_store(ckpt["store_path"])
+    if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set
+        raise StoreError(f"{ckpt['store_path']}: event store {store.store_id[:12]}… is not the one this run was "
+                         f"trained on ({ckpt['store_id'][:12]}…); re-train, or restore that store")
+    test = store["test"]
     rows = []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
@@ -123,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     run_cfg = ckpt["config"]["train"]
     T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
-    rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
+    try:
+        rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
+    except StoreError as err:
+        print(f"error: {err}\nnothing was written.", file=sys.stderr)
+        return 1
     write_atomic(args.run_dir / "eval.json", json.dumps(rows, indent=2) + "\n")
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])

@@ -113,3 +113,27 @@ def test_a_teacher_no_longer_than_the_student_is_refused(T_s, T_t):
 
 def test_repository_params_file_exists_and_loads():
     assert load_params(Path(__file__).resolve().parents[1] / "params.yaml")["datasets"]
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def test_evaluate_refuses_a_store_re_ingested_since_training(tmp_path, capsys):
+    """Same store path, other raw files: scoring the run on them would report a number for the wrong test set."""
+    import pipeline.evaluate as evaluate_mod
+    import pipeline.train as train_mod
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import ingest
+
+    from tests.conftest import make_learnable_tree
+    from tests.test_train import FAST
+
+    store = tmp_path / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), make_learnable_tree(tmp_path / "raw_a", seed=0), store, IngestConfig(),
+           progress=False)
+    run = tmp_path / "run"
+    assert train_mod.main(["dvs_gesture", "--store", str(store), "--out", str(run), "--epochs", "1",
+                           "--set", f"paths.frames_root={tmp_path / 'frames'}", *FAST]) == 0
+    ingest(get_spec("dvs_gesture"), make_learnable_tree(tmp_path / "raw_b", seed=1), store, IngestConfig(),
+           progress=False)
+    assert evaluate_mod.main([str(run), "--T", "2"]) == 1
+    assert "is not the one this run was trained on" in capsys.readouterr().err
+    assert not (run / "eval.json").exists()
