@@ -21,7 +21,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.config import BinConfig, IngestConfig, PathsConfig, for_dataset, load_section
+from pipeline.config import BinConfig, IngestConfig, PathsConfig, exits_on_config_error, for_dataset, load_section
 from pipeline.frames import Binning, ensure_frame_cache
 from pipeline.ingest import default_store_path
 from pipeline.store import remove_path
@@ -44,6 +44,7 @@ def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, 
     return paths
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bin", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset")

@@ -7,14 +7,17 @@ Derived values are computed by the stages and printed, never written back into t
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
-__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError"]
+__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError",
+           "exits_on_config_error"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -148,7 +151,10 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root, or pass --params PATH)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:  # the message carries yaml's line and column
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
@@ -175,8 +181,26 @@ def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err}") from None
     return out
+
+
+def exits_on_config_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a stage's ``main``: a `ConfigError` (params file, --set, a refused value) becomes one
+    ``error: ...`` line on stderr and exit code 2 instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:

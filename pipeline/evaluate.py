@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import BinConfig, EvaluateConfig, load_section
+from pipeline.config import BinConfig, EvaluateConfig, exits_on_config_error, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
 from pipeline.store import StoreError, open_event_store, write_atomic
@@ -107,6 +107,7 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
     plt.close(fig)
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)

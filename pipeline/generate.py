@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import ConfigError, PathsConfig, load_section
+from pipeline.config import PathsConfig, exits_on_config_error, load_section
 from pipeline.datasets import digits_dvs
 from pipeline.datasets.digits_dvs import DigitsDVSConfig
 from pipeline.datasets.dvs_gesture import write_recording, write_trials
@@ -77,6 +77,7 @@ def summary(counts: dict, out: Path) -> str:
     ])
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", choices=GENERATORS)
@@ -87,12 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="recordings synthesised concurrently (the output does not depend on it)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_section("digits_dvs", DigitsDVSConfig, args.params, args.overrides)
-        paths = load_section("paths", PathsConfig, args.params, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_section("digits_dvs", DigitsDVSConfig, args.params, args.overrides)
+    paths = load_section("paths", PathsConfig, args.params, args.overrides)
     out = args.out or Path(paths.raw_root) / args.dataset
     counts = run(cfg, out, workers=max(args.workers, 1), progress=not args.no_progress)
     print(summary(counts, out))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import IngestConfig, PathsConfig, load_section
+from pipeline.config import IngestConfig, PathsConfig, exits_on_config_error, load_section
 from pipeline.datasets import DatasetSpec, MissingRawDataError, get_spec
 from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
@@ -154,6 +154,7 @@ def report(attrs: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs")

@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 from pipeline import evaluate, train
-from pipeline.config import PathsConfig, load_section
+from pipeline.config import PathsConfig, exits_on_config_error, load_section
 
 __all__ = ["main"]
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", nargs="?", default="digits_dvs")

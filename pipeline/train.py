@@ -40,7 +40,8 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from models.neurons import configure_cpu
-from pipeline.config import BinConfig, IngestConfig, PathsConfig, TrainConfig, for_dataset, load_section
+from pipeline.config import (BinConfig, IngestConfig, PathsConfig, TrainConfig,
+                             exits_on_config_error, for_dataset, load_section)
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, ensure_frame_cache
 from pipeline.ingest import default_store_path
@@ -326,6 +327,7 @@ def resolve(dataset: str, params_path: Path, overrides: list[str]) -> tuple[Trai
             load_section("paths", PathsConfig, params_path, overrides))
 
 
+@exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset")

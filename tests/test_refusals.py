@@ -137,3 +137,25 @@ def test_evaluate_refuses_a_store_re_ingested_since_training(tmp_path, capsys):
     assert evaluate_mod.main([str(run), "--T", "2"]) == 1
     assert "is not the one this run was trained on" in capsys.readouterr().err
     assert not (run / "eval.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- stage CLIs
+@pytest.mark.parametrize("stage", ["ingest", "bin", "train"])
+@pytest.mark.parametrize("params_text, extra, match", [
+    (None, [], "params file not found"),
+    ("train: {lr: [0.1\n", [], "not valid YAML"),
+    ("", ["--set", "train.lr=[0.1"], "the value is not valid YAML"),
+    ("", ["--set", "trian.lr=0.1"], "unknown section 'trian'"),
+])
+def test_stage_cli_config_errors_are_one_line(tmp_path, capsys, stage, params_text, extra, match):
+    """A bad params file or --set is an 'error:' line and exit code 2, never a traceback, and nothing is written."""
+    import importlib
+
+    params = tmp_path / "nonexist.yaml"
+    if params_text is not None:
+        params.write_text(params_text)
+    main = importlib.import_module(f"pipeline.{stage}").main
+    assert main(["dvs_gesture", "--params", str(params), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["nonexist.yaml"] if params_text is not None else [])
