@@ -90,6 +90,14 @@ class AugmentConfig:
     shift_mode: str = "roll"  # roll (TET) | translate (zero fill, NDA)
     cutout_px: int = 0
 
+    def __post_init__(self) -> None:
+        _choice("train.augment.shift_mode", self.shift_mode, ("roll", "translate"))
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ConfigError(f"train.augment.flip_p = {self.flip_p} must be a probability in [0, 1]")
+        if self.max_shift_px < 0 or self.cutout_px < 0:
+            raise ConfigError(f"train.augment.max_shift_px ({self.max_shift_px}) and cutout_px ({self.cutout_px}) "
+                              "must be >= 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -130,6 +138,18 @@ class TrainConfig:
         _choice("train.task_loss", self.task_loss, ("ce", "tet"))
         if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0) or self.epochs < 0 or self.batch_size <= 0:
             raise ConfigError("train.T_s, T_t, batch_size must be positive and epochs >= 0")
+        for key in ("lr", "weight_decay", "alpha", "beta", "gamma", "tet_lambda"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} = {getattr(self, key)} must be >= 0")
+        if self.tau_kd <= 0:
+            raise ConfigError(f"train.tau_kd = {self.tau_kd} must be > 0 (the distillation temperature divides the logits)")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"train.momentum = {self.momentum} must be in [0, 1)")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers = {self.num_workers} must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+                and self.device[5:].isdigit()):
+            raise ConfigError(f"train.device = {self.device!r}; choose auto, cpu, cuda or cuda:N")
         if self.teacher_T <= self.T_s:
             raise ConfigError(f"train.T_t = {self.teacher_T} must exceed train.T_s = {self.T_s}: the teacher is the "
                               "same network run for more timesteps (set both, or T_t: null for 2 * T_s)")

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from models.neurons import configure_cpu
-from pipeline.config import (BinConfig, IngestConfig, PathsConfig, TrainConfig,
+from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig,
                              exits_on_config_error, for_dataset, load_section)
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, ensure_frame_cache
@@ -129,6 +129,21 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Spiking
     return net.deploy().to(device), ckpt
 
 
+def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device) -> None:
+    """Refuse what only the model or the machine can tell (architecture, weak stages, neuron options, the input
+    size, the device) before any frame cache is built. Raises ConfigError naming the key."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
+    W, H, P = store.sensor_size
+    hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
+    weak = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
+    try:
+        build_model(cfg.arch, in_channels=int(P), n_classes=len(store.attrs["classes"]), input_hw=hw,
+                    weak_stages=None if weak is None else tuple(weak), neuron=cfg.neuron, t_ref=cfg.T_s)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"train (arch / weak_stages / neuron, input {hw[0]}x{hw[1]}): {err}") from None
+
+
 # ------------------------------------------------------------------------------------------ the loop
 def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Path, out_dir: Path, *,
         resume: bool = False, progress: bool = True) -> dict:
@@ -140,6 +155,8 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _device(cfg, local_rank)
+    store = open_event_store(store_path)
+    _check_before_work(cfg, bin_cfg, store, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -147,7 +164,6 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     main_proc = rank == 0
     spec = METHODS[cfg.method]
     T_s, T_t = cfg.T_s, cfg.teacher_T
-    store = open_event_store(store_path)
     if main_proc:  # build any missing cache once, before the other ranks open them
         caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], progress)
     if distributed:

@@ -159,3 +159,38 @@ def test_stage_cli_config_errors_are_one_line(tmp_path, capsys, stage, params_te
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["nonexist.yaml"] if params_text is not None else [])
+
+
+@pytest.fixture(scope="module")
+def learnable_store(tmp_path_factory) -> Path:
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import ingest
+
+    from tests.conftest import make_learnable_tree
+
+    tmp = tmp_path_factory.mktemp("refuse_train")
+    out = tmp / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), make_learnable_tree(tmp / "raw"), out, IngestConfig(), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.lr=-0.1", "train.lr = -0.1 must be >= 0"),
+    ("train.tau_kd=0", "train.tau_kd = 0.0 must be > 0"),
+    ("train.augment.max_shift_px=-1", "max_shift_px (-1)"),
+    ("train.device=gpu", "choose auto, cpu, cuda or cuda:N"),
+    ("train.arch=resnet", "unknown architecture 'resnet'"),
+    ("train.weak_stages=[nope]", "weak_stages ('nope',) must be distinct names"),
+    ("train.neuron={tau: 2}", "train (arch / weak_stages / neuron"),
+] + ([] if __import__("torch").cuda.is_available() else [("train.device=cuda", "no CUDA device is available")]))
+def test_training_config_is_refused_before_any_cache_is_built(learnable_store, tmp_path, capsys, override, match):
+    import pipeline.train as train_mod
+
+    from tests.test_train import FAST
+
+    frames = tmp_path / "frames"
+    rc = train_mod.main(["dvs_gesture", "--store", str(learnable_store), "--out", str(tmp_path / "run"),
+                         "--set", f"paths.frames_root={frames}", *FAST, "--set", override])
+    assert rc == 2
+    assert match in capsys.readouterr().err
+    assert not frames.exists() and not (tmp_path / "run").exists()
