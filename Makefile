@@ -9,13 +9,19 @@ STAMP  := $(VENV)/.installed
 # stages call `python`: put the venv first so they run with the project's interpreter
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# make setup: create .venv and install the project (a no-op when pyproject.toml has not changed)
+# make setup: create .venv and install the project (a no-op when pyproject.toml and this file have not changed)
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# PEERS: readers we did not write, run by tests/test_conformance.py only (never imported by pipeline/ or models/).
+# --no-deps: spikingjelly's requirements (torchvision, torchaudio, tensorboard, ...) would pull another torch;
+# the test needs only loguru besides what the project already installs (numpy, torch, scipy, h5py, tqdm).
+PEERS := spikingjelly==2.0.0 loguru==0.7.3
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(PEERS)
 	touch $(STAMP)
 
 # fast suite (what CI runs); `make test-all` includes tests marked slow

@@ -8,9 +8,10 @@ File layout::
                                 that is not printable ASCII starting with '#')
     (address u32, timestamp u32)*   big-endian pairs, timestamps in µs
 
-A file whose ``#`` comment lines carry no ``#!AER-DAT`` line is read as 2.0, as SpikingJelly's and tonic's
-readers do (jAER writes the version line since 2.0; a 1.0 file's 6-byte events would fail the whole-pairs
-check). Its header record says ``"version_line": false`` so the store's provenance shows the assumption. A
+A file whose ``#`` comment lines carry no ``#!AER-DAT`` line is read as 2.0, as SpikingJelly's CIFAR10-DVS
+loader does (tonic's ``read_aedat_header_from_file`` does not: it raises UnboundLocalError without a version
+line; see tests/test_conformance.py). jAER writes the version line since 2.0; a 1.0 file's 6-byte events would
+fail the whole-pairs check. Its header record says ``"version_line": false`` so the store's provenance shows the assumption. A
 version line naming another version (1.0, 3.1, 4.0) is an error that names it, and so is a file with no ``#``
 header at all.
 

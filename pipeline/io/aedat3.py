@@ -14,8 +14,12 @@ File layout::
 
 A polarity event (eventType 1, eventSize 8, eventTSOffset 4) is ``data u32, timestamp u32``::
 
-    x = data >> 17 & 0x1FFF,  y = data >> 2 & 0x1FFF,  polarity = data >> 1 & 1,  valid = data & 1
+    x = data >> 17 & 0x7FFF,  y = data >> 2 & 0x7FFF,  polarity = data >> 1 & 1,  valid = data & 1
     t = eventTSOverflow << 31 | timestamp        (µs, 64-bit)
+
+x and y are the 15-bit fields of libcaer's ``polarity.h`` (bits 17-31 and 2-16), as SpikingJelly's
+``load_aedat_v3`` reads them. (tonic's ``read_dvs_ibm`` masks 13 bits, ``0x1FFF``, which folds an address past
+8191 back into the sensor; reader/1 did the same. No DVS128 event has those bits set.)
 
 eventCapacity vs eventNumber: a packet occupies ``eventCapacity * eventSize`` bytes on disk (the slots the
 packet was allocated with; cAER writes files with the two equal, and SpikingJelly's reader advances by
@@ -48,7 +52,7 @@ __all__ = [
     "POLARITY_EVENT",
 ]
 
-READER_VERSION = "aedat3.1-reader/1"
+READER_VERSION = "aedat3.1-reader/2"  # /2: 15-bit x, y fields (were 13)
 POLARITY_EVENT = 1
 HEADER_BYTES = 28
 _END_HEADER = b"#!END-HEADER"
@@ -167,8 +171,8 @@ def _decode_packets(buf, pos, num, overflow, first, x, y, t, p):
         for _ in range(num[i]):
             data = _u32(buf, e)
             if data & 1:
-                x[k] = (data >> 17) & 0x1FFF
-                y[k] = (data >> 2) & 0x1FFF
+                x[k] = (data >> 17) & 0x7FFF
+                y[k] = (data >> 2) & 0x7FFF
                 p[k] = (data >> 1) & 1
                 t[k] = high | np.int64(_u32(buf, e + 4))
                 k += 1
