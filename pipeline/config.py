@@ -51,7 +51,7 @@ class IngestConfig:
     def __post_init__(self) -> None:
         _choice("ingest.format", self.format, ("zarr", "h5"))
         _choice("ingest.out_of_sensor", self.out_of_sensor, ("error", "drop"))
-        if self.chunk_events <= 0 or self.shard_events % self.chunk_events:
+        if self.chunk_events <= 0 or self.shard_events <= 0 or self.shard_events % self.chunk_events:
             raise ConfigError("ingest.shard_events must be a positive multiple of ingest.chunk_events")
 
 
@@ -71,6 +71,10 @@ class BinConfig:
         _choice("bin.semantics", self.semantics, ("exact", "tonic", "spikingjelly"))
         _choice("bin.dtype", self.dtype, ("int16", "uint8", "float32"))
         _choice("bin.format", self.format, ("zarr", "h5"))
+        if any(t <= 0 for t in self.T):
+            raise ConfigError(f"bin.T = {list(self.T)}: every frame count must be >= 1")
+        if self.out_size is not None and min(self.out_size) <= 0:
+            raise ConfigError(f"bin.out_size = {list(self.out_size)}: H and W must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pipeline.config import BinConfig, EvaluateConfig, exits_on_config_error, lo
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
 from pipeline.store import StoreError, open_event_store, write_atomic
-from pipeline.train import load_run
+from pipeline.train import CheckpointError, load_run
 
 __all__ = ["evaluate_run", "main"]
 
@@ -118,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other stages")
     args = ap.parse_args(argv)
-    if not (args.run_dir / "checkpoint.pt").exists():
-        print(f"error: {args.run_dir / 'checkpoint.pt'} not found; train first (python -m pipeline.train)",
-              file=sys.stderr)
-        return 2
     cfg = load_section("evaluate", EvaluateConfig, args.params, args.overrides)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    net, ckpt = load_run(args.run_dir, device)
+    try:
+        net, ckpt = load_run(args.run_dir, device)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run_cfg = ckpt["config"]["train"]
     T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})

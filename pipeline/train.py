@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -45,9 +46,9 @@ from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, 
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, ensure_frame_cache
 from pipeline.ingest import default_store_path
-from pipeline.store import open_event_store, write_atomic
+from pipeline.store import atomic_output, open_event_store, write_atomic
 
-__all__ = ["run", "main", "TrainingDiverged", "Pair", "load_run"]
+__all__ = ["run", "main", "TrainingDiverged", "CheckpointError", "Pair", "load_run", "load_checkpoint"]
 
 HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", "ssd", "weak_task", "train_acc",
                   "test_acc", "test_acc_teacher", "epoch_s"]
@@ -55,6 +56,10 @@ HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A run's checkpoint is missing, truncated or corrupt."""
 
 
 class Pair(nn.Module):
@@ -91,9 +96,20 @@ def _caches(store_path: Path, binning_cfg: BinConfig, frames_root: Path, Ts: lis
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save under a temporary name, then rename; a failed save (a full disk) leaves no temporary behind."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """``torch.load`` of a run's checkpoint; a truncated or corrupt file is a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found; train first (python -m pipeline.train)") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({err}); "
+                              "re-train without --resume, or restore the file") from None
 
 
 @torch.no_grad()
@@ -121,7 +137,7 @@ def _autocast(device: torch.device, amp: bool):
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
     """The deployable network of a run (no weak heads) and its checkpoint."""
-    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", device)
     m = ckpt["model_args"]
     net = build_model(m["arch"], in_channels=m["in_channels"], n_classes=m["n_classes"], input_hw=m["input_hw"],
                       weak_stages=tuple(m["weak_stages"]), neuron=m["neuron"], t_ref=m["t_ref"])
@@ -219,7 +235,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     history: list[dict] = []
     start_epoch, best_acc, best_epoch, wall = 0, -1.0, -1, 0.0
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)
         saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), T_s).as_dict()
         if (ckpt["config"]["train"], saved_binning, ckpt["store_id"]) != (
                 _comparable(cfg), Binning.from_config(bin_cfg, T_s).as_dict(), store.store_id):
@@ -374,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -194,3 +194,74 @@ def test_training_config_is_refused_before_any_cache_is_built(learnable_store, t
     assert rc == 2
     assert match in capsys.readouterr().err
     assert not frames.exists() and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _train_one_epoch(store: Path, run: Path, frames: Path, *extra: str) -> int:
+    import pipeline.train as train_mod
+
+    from tests.test_train import FAST
+
+    return train_mod.main(["dvs_gesture", "--store", str(store), "--out", str(run), "--epochs", "1",
+                           "--set", f"paths.frames_root={frames}", *FAST, *extra])
+
+
+def test_a_truncated_checkpoint_is_named_not_a_traceback(learnable_store, tmp_path, capsys):
+    import pipeline.evaluate as evaluate_mod
+
+    run = tmp_path / "run"
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames") == 0
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    capsys.readouterr()
+    assert evaluate_mod.main([str(run), "--T", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: cannot read the checkpoint, it is truncated or corrupt" in err and "Traceback" not in err
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames", "--resume") == 1
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert evaluate_mod.main([str(tmp_path / "nothing"), "--T", "2"]) == 2
+    assert "not found; train first" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary(learnable_store, tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        _train_one_epoch(learnable_store, run, tmp_path / "frames")
+    assert not list(run.glob("checkpoint.pt*"))
+
+
+@pytest.mark.parametrize("stage, args, match", [
+    ("bin", ["dvs_gesture", "--T", "0"], "bin.T = [0]: every frame count must be >= 1"),
+    ("bin", ["dvs_gesture", "--out-size", "0", "0"], "bin.out_size = [0, 0]"),
+    ("ingest", ["dvs_gesture", "--set", "ingest.shard_events=0"], "ingest.shard_events must be a positive multiple"),
+    ("ingest", ["nosuchset"], "unknown dataset 'nosuchset'; choose one of"),
+    ("train", ["nosuchset"], "unknown dataset 'nosuchset'; choose one of"),
+])
+def test_bad_command_line_values_are_one_line(tmp_path, capsys, stage, args, match):
+    import importlib
+
+    main = importlib.import_module(f"pipeline.{stage}").main
+    assert main([*args, "--set", f"paths.events_root={tmp_path}", "--set", f"paths.raw_root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_an_unparsable_random_split_seed_is_refused(tmp_path, capsys):
+    from pipeline.ingest import main
+
+    from tests.conftest import make_cifar_tree
+
+    make_cifar_tree(tmp_path / "raw" / "cifar10_dvs", per_class=2)
+    assert main(["cifar10_dvs", "--split", "random:abc", "--out", str(tmp_path / "c.zarr"),
+                 "--set", f"paths.raw_root={tmp_path / 'raw'}"]) == 2
+    assert "needs an integer seed, got 'random:abc'" in capsys.readouterr().err
+    assert not (tmp_path / "c.zarr").exists()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import ConfigError
 from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, whole_recording
 from pipeline.events import SensorSize
 from pipeline.io import aedat2
@@ -57,7 +58,7 @@ def _ceil_frac(n: int, num: int, den: int) -> int:
 
 def split_indices(indices: list[int], names: list[str], scheme: str) -> tuple[list[int], list[int]]:
     """Split one class's recordings (numeric ``indices`` and file ``names``, same order) into (train, test)
-    positions. Raises ValueError for an unknown scheme."""
+    positions. Raises ConfigError (a ValueError) for an unknown scheme."""
     n = len(indices)
     by_index = sorted(range(n), key=lambda k: indices[k])
     if scheme == "tet":
@@ -74,12 +75,12 @@ def split_indices(indices: list[int], names: list[str], scheme: str) -> tuple[li
         try:
             seed = int(scheme.split(":", 1)[1])
         except ValueError:
-            raise ValueError(f"split 'random:<seed>' needs an integer seed, got {scheme!r}") from None
+            raise ConfigError(f"split 'random:<seed>' needs an integer seed, got {scheme!r}") from None
         perm = np.random.default_rng(seed).permutation(n)
         order = [by_index[k] for k in perm]
         cut = _ceil_frac(n, 9, 10)
         return order[:cut], order[cut:]
-    raise ValueError(f"unknown cifar10_dvs split {scheme!r}; choose one of tet, tebn, spikingjelly, random:<seed>")
+    raise ConfigError(f"unknown cifar10_dvs split {scheme!r}; choose one of tet, tebn, spikingjelly, random:<seed>")
 
 
 class CIFAR10DVS:

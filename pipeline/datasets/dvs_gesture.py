@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, check_disjoint, read_listing
 from pipeline.events import SensorSize
 from pipeline.io import aedat3
@@ -107,7 +108,7 @@ class DVSGesture:
 
     def recordings(self, raw_dir: Path, split: str = "official") -> dict[str, list[Recording]]:
         if split != "official":
-            raise ValueError(f"dvs_gesture has one split scheme, 'official'; got {split!r}")
+            raise ConfigError(f"dvs_gesture has one split scheme, 'official'; got {split!r}")
         root = self._root(Path(raw_dir))
         listings = {}
         for split_name in ("train", "test"):
