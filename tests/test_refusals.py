@@ -265,3 +265,17 @@ def test_an_unparsable_random_split_seed_is_refused(tmp_path, capsys):
                  "--set", f"paths.raw_root={tmp_path / 'raw'}"]) == 2
     assert "needs an integer seed, got 'random:abc'" in capsys.readouterr().err
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"config": {}}', '{"config": {"sensor": "big"}}', '[]',
+                                  '{"config": {"sensor": 0}}'])
+def test_a_malformed_digits_dvs_record_is_named(tmp_path, capsys, text):
+    from pipeline.ingest import main
+
+    raw = tmp_path / "raw" / "digits_dvs"
+    raw.mkdir(parents=True)
+    (raw / "digits_dvs.json").write_text(text)
+    assert main(["digits_dvs", "--out", str(tmp_path / "d.zarr"), "--set", f"paths.raw_root={tmp_path / 'raw'}"]) == 1
+    err = capsys.readouterr().err
+    assert f"{raw / 'digits_dvs.json'}" in err and "config.sensor" in err and "Traceback" not in err
+    assert not (tmp_path / "d.zarr").exists()

@@ -84,6 +84,7 @@ from pipeline.config import ConfigError
 from pipeline.datasets.base import MissingRawDataError, Recording, Window
 from pipeline.datasets.dvs_gesture import DVSGesture
 from pipeline.events import SensorSize, make_events
+from pipeline.io.errors import RawDataError
 
 __all__ = [
     "SPEC",
@@ -227,7 +228,13 @@ class DigitsDVS(DVSGesture):
         meta = Path(raw_dir) / "digits_dvs.json"
         if not meta.is_file():
             return self
-        sensor = int(json.loads(meta.read_text())["config"]["sensor"])
+        try:
+            sensor = int(json.loads(meta.read_text())["config"]["sensor"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise RawDataError(meta, f"malformed generator record, no integer config.sensor ({type(err).__name__}: "
+                                     f"{err}); regenerate with `python -m pipeline.generate digits_dvs`") from None
+        if sensor <= 0:
+            raise RawDataError(meta, f"config.sensor = {sensor} must be a positive pixel count")
         return DigitsDVS(SensorSize(sensor, sensor, 2))
 
 
