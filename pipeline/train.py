@@ -46,7 +46,7 @@ from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, 
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, ensure_frame_cache
 from pipeline.ingest import default_store_path
-from pipeline.store import atomic_output, open_event_store, write_atomic
+from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 
 __all__ = ["run", "main", "TrainingDiverged", "CheckpointError", "Pair", "load_run", "load_checkpoint"]
 
@@ -150,6 +150,9 @@ def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torc
     size, the device) before any frame cache is built. Raises ConfigError naming the key."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
+    for split in ("train", "test"):
+        if len(store[split]) == 0:
+            raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
     W, H, P = store.sensor_size
     hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
     weak = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
@@ -390,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except CheckpointError as err:
+    except (CheckpointError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

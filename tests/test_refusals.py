@@ -279,3 +279,24 @@ def test_a_malformed_digits_dvs_record_is_named(tmp_path, capsys, text):
     err = capsys.readouterr().err
     assert f"{raw / 'digits_dvs.json'}" in err and "config.sensor" in err and "Traceback" not in err
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_training_on_an_empty_split_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    from pipeline.config import IngestConfig
+    from pipeline.datasets.base import Window
+    from pipeline.datasets.dvs_gesture import write_recording, write_trials
+    from pipeline.ingest import ingest
+
+    root = tmp_path / "raw"
+    t = np.arange(0, 100_000, 100)
+    ones = np.ones_like(t)
+    write_recording(root, "user01_lab", ones, ones, t, ones, [])  # a label csv with no rows: no samples
+    write_recording(root, "user02_lab", ones, ones, t, ones, [Window(0, 0, 50_000), Window(1, 50_000, 100_000)])
+    write_trials(root, ["user01_lab"], ["user02_lab"])
+    store = tmp_path / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), root, store, IngestConfig(), progress=False)
+    assert _train_one_epoch(store, tmp_path / "run", tmp_path / "frames") == 1
+    assert "the train split has no samples" in capsys.readouterr().err
+    assert not (tmp_path / "frames").exists()
