@@ -27,6 +27,10 @@ kept stream (``invalid_dropped`` is 0: AEDAT 4 events carry no valid bit). What 
     triggers_skipped              trigger events
     nonpolarity_skipped           frames + IMU samples + triggers (the same meaning as in pipeline.io.aedat3)
 
+Memory: the file is decoded twice, once to count the kept events and once into exact-size columns (13 bytes per
+event), so a packet is held only while it is copied; decompression runs twice, which costs less than holding every
+packet (the decoder's 13-byte records) next to the columns.
+
 Errors: anything the decoder refuses (a truncated packet, an LZ4/ZSTD block that does not decompress, an unknown
 stream id) becomes a RawDataError naming the file and the decoder's message (the decoder reports no offset). The
 decoder stops silently when fewer than 4 bytes are left where a packet would start, so a file cut exactly at a
@@ -41,6 +45,7 @@ import xml.etree.ElementTree as ET
 from importlib import metadata
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 
 from pipeline.io.aedat3 import DecodedEvents
@@ -180,40 +185,49 @@ def read_aedat4(path: str | Path, *, stream: int | None = None, head: bytes | No
         raise RawDataError(path, f"truncated: the IOHeader puts the packet index at byte "
                                  f"{ioh['data_table_position']}, the file has {size} bytes", offset=size)
     described = stream_table(ioh["description"])
-    try:
-        dec = aedat.Decoder(str(path))
-        streams = dec.id_to_stream()
-    except RuntimeError as err:  # the decoder raises RuntimeError with its message for every malformed input
-        raise RawDataError(path, f"AEDAT 4 decoder ({decoder_version()}): {err}") from None
+    dec = _open(aedat, path)
+    streams = dec.id_to_stream()
     event_ids = sorted(i for i, s in streams.items() if s["type"] == "events")
     if not event_ids:
         raise RawDataError(path, f"no event stream (streams: {_describe(streams)})")
     keep = event_ids[0] if stream is None else int(stream)
     if keep not in event_ids:
         raise RawDataError(path, f"stream {stream} is not an event stream (event streams: {event_ids})")
-    parts: list[np.ndarray] = []
     counts = dict.fromkeys(("packets", "events_read", "invalid_dropped", "nonpolarity_skipped",
                             "other_event_streams_skipped", "frames_skipped", "imu_samples_skipped",
                             "triggers_skipped"), 0)
-    try:
-        for packet in dec:
-            counts["packets"] += 1
-            if "events" in packet:
-                if packet["stream_id"] == keep:
-                    parts.append(packet["events"])
-                else:
-                    counts["other_event_streams_skipped"] += len(packet["events"])
-            elif "frame" in packet:
-                counts["frames_skipped"] += 1
-            elif "imus" in packet:
-                counts["imu_samples_skipped"] += len(packet["imus"])
-            elif "triggers" in packet:
-                counts["triggers_skipped"] += len(packet["triggers"])
-    except RuntimeError as err:
-        raise RawDataError(path, f"AEDAT 4 decoder ({decoder_version()}), after packet {counts['packets']}: "
-                                 f"{err}") from None
-    x, y, t, p = _columns(parts, path)
-    counts["events_read"] = len(t)
+    # pass 1 counts (packets are dropped as they come); pass 2 decodes again into exact-size columns, so the
+    # peak is the columns (13 bytes per event) plus one packet, not every packet held at once
+    n_keep = 0
+    for packet in _packets(dec, path):
+        counts["packets"] += 1
+        if "events" in packet:
+            if packet["stream_id"] == keep:
+                n_keep += len(packet["events"])
+            else:
+                counts["other_event_streams_skipped"] += len(packet["events"])
+        elif "frame" in packet:
+            counts["frames_skipped"] += 1
+        elif "imus" in packet:
+            counts["imu_samples_skipped"] += len(packet["imus"])
+        elif "triggers" in packet:
+            counts["triggers_skipped"] += len(packet["triggers"])
+    x = np.empty(n_keep, np.uint16)
+    y = np.empty(n_keep, np.uint16)
+    t = np.empty(n_keep, np.int64)
+    p = np.empty(n_keep, np.uint8)
+    k = 0
+    for packet in _packets(_open(aedat, path), path):
+        if packet["stream_id"] != keep or "events" not in packet:
+            continue
+        a = packet["events"]
+        if k + len(a) > n_keep:
+            raise RawDataError(path, "the file changed while it was read (more events on the second pass)")
+        _fill(a, k, x, y, t, p, path)
+        k += len(a)
+    if k != n_keep:
+        raise RawDataError(path, "the file changed while it was read (fewer events on the second pass)")
+    counts["events_read"] = n_keep
     counts["nonpolarity_skipped"] = counts["frames_skipped"] + counts["imu_samples_skipped"] + counts["triggers_skipped"]
     info = described.get(keep, {})
     header = {
@@ -230,28 +244,57 @@ def read_aedat4(path: str | Path, *, stream: int | None = None, head: bytes | No
     return DecodedEvents(x, y, t, p, counts, header)
 
 
-def _columns(parts: list[np.ndarray], path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Columns from the decoder's structured packets (t u8, x u2, y u2, on ?), freeing each packet once copied
-    (peak: the packets plus the columns, 26 bytes per event)."""
-    n = sum(len(a) for a in parts)
-    x = np.empty(n, np.uint16)
-    y = np.empty(n, np.uint16)
-    t = np.empty(n, np.int64)
-    p = np.empty(n, np.uint8)
-    k = 0
-    parts.reverse()
-    while parts:
-        a = parts.pop()
+def _open(aedat, path: Path):
+    try:
+        return aedat.Decoder(str(path))
+    except RuntimeError as err:  # the decoder raises RuntimeError with its message for every malformed input
+        raise RawDataError(path, f"AEDAT 4 decoder ({decoder_version()}): {err}") from None
+
+
+def _packets(dec, path: Path):
+    """The decoder's packets; its RuntimeErrors become RawDataErrors naming the file and the packet index."""
+    i = 0
+    while True:
+        try:
+            packet = next(dec)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            raise RawDataError(path, f"AEDAT 4 decoder ({decoder_version()}), after packet {i}: {err}") from None
+        i += 1
+        yield packet
+
+
+@nb.njit(cache=True, nogil=True)
+def _unpack(raw, k, x, y, t, p):
+    """Packed 13-byte records -> columns at rows k..; returns the number of timestamps >= 2^63."""
+    big = 0
+    for i in range(raw.shape[0] // 13):
+        b = i * 13
+        tv = np.uint64(0)
+        for j in range(8):
+            tv |= np.uint64(raw[b + j]) << np.uint64(8 * j)
+        if tv >> np.uint64(63):
+            big += 1
+        t[k + i] = np.int64(tv & np.uint64(0x7FFFFFFFFFFFFFFF))
+        x[k + i] = np.uint16(raw[b + 8]) | (np.uint16(raw[b + 9]) << np.uint16(8))
+        y[k + i] = np.uint16(raw[b + 10]) | (np.uint16(raw[b + 11]) << np.uint16(8))
+        p[k + i] = 1 if raw[b + 12] else 0
+    return big
+
+
+def _fill(a: np.ndarray, k: int, x, y, t, p, path: Path) -> None:
+    """Copy one packet's events into rows ``k:k+len(a)`` of the columns."""
+    if a.dtype.itemsize == 13 and a.dtype.fields is not None and a.flags.c_contiguous and \
+            [a.dtype.fields[f][1] for f in ("t", "x", "y", "p")] == [0, 8, 10, 12] and \
+            [a.dtype.fields[f][0].str for f in ("t", "x", "y")] == ["<u8", "<u2", "<u2"]:
+        big = _unpack(a.view(np.uint8), k, x, y, t, p)
+    else:  # another layout (a future decoder version): field by field
         m = len(a)
-        if m and int(a["t"].max()) >= 1 << 63:
-            raise RawDataError(path, "event timestamp does not fit in int64 µs")
-        x[k : k + m] = a["x"]
-        y[k : k + m] = a["y"]
-        t[k : k + m] = a["t"]
-        p[k : k + m] = a["p"]
-        k += m
-        del a
-    return x, y, t, p
+        big = int(np.count_nonzero(a["t"] >= np.uint64(1 << 63)))
+        x[k : k + m], y[k : k + m], t[k : k + m], p[k : k + m] = a["x"], a["y"], a["t"], a["p"]
+    if big:
+        raise RawDataError(path, "event timestamp does not fit in int64 µs")
 
 
 def _describe(streams: dict) -> str:
