@@ -199,6 +199,34 @@ def test_npy_needs_a_sensor_size_and_p_must_be_binary(tmp_path):
         ingest(spec.configure(sensor_size=(40, 40)), raw, tmp_path / "t.zarr", IngestConfig(**SMALL), progress=False)
 
 
+def test_a_dvs_gesture_folder_read_as_recordings_equals_the_dvs_gesture_reader(tmp_path):
+    """The official layout (trials lists, 1-based numeric classes, csv header) is a valid recordings folder."""
+    from tests.conftest import make_gesture_tree
+
+    tree = make_gesture_tree(tmp_path / "raw")
+    a = ingest(get_spec("dvs_gesture"), tree.root, tmp_path / "g.zarr", IngestConfig(**SMALL), progress=False)
+    b = ingest(get_spec("recordings"), tree.root, tmp_path / "r.zarr", IngestConfig(**SMALL), progress=False)
+    assert b["split_scheme"] == "trials" and b["classes"] == [str(c) for c in range(1, 12)]
+    assert a["counts"] == b["counts"]
+    ga, gb = open_event_store(tmp_path / "g.zarr"), open_event_store(tmp_path / "r.zarr")
+    for split in ("train", "test"):
+        sa, sb = ga[split], gb[split]
+        np.testing.assert_array_equal(sa.labels, sb.labels)
+        np.testing.assert_array_equal(sa.offsets, sb.offsets)
+        np.testing.assert_array_equal(sa.window_us, sb.window_us)
+        n = int(sa.offsets[-1])
+        for k, v in sa.event_slice(0, n).items():
+            np.testing.assert_array_equal(v, sb.event_slice(0, n)[k])
+
+
+def test_one_recording_needs_trials_lists(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_aedat31(raw / "only.aedat", *stream(np.random.default_rng(3), 100))
+    with pytest.raises(RawDataError, match=r"needs at least 2"):
+        ingest(get_spec("recordings"), raw, tmp_path / "s.zarr", IngestConfig(**SMALL), progress=False)
+
+
 def test_sniffing_is_by_bytes():
     assert sniff_format(b"#!AER-DAT4.0\r\n....", "f.npy") == "AEDAT 4.0"
     assert sniff_format(b"\x93NUMPY\x01\x00", "f.aedat") == "npy"

@@ -309,6 +309,10 @@ class Recordings:
         if split == "trials":
             assign = self._trials(Path(raw_dir), by_name)
         elif split.startswith("random:"):
+            if len(by_name) < 2:
+                raise RawDataError(raw_dir, f"split {split!r} holds whole recordings out and needs at least 2 "
+                                            f"(found {len(by_name)}); list them in trials_to_train.txt / "
+                                            "trials_to_test.txt instead")
             assign = _random_split(sorted(by_name), split)
         else:
             raise ValueError(f"unknown recordings split {split!r}; choose one of trials, random:<seed>[:<test_fraction>]")
