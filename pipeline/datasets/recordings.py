@@ -74,10 +74,12 @@ __all__ = ["SPEC", "Recordings", "CAMERAS", "SUFFIXES", "sniff_format", "read_la
 
 #: File name endings that mark a recording (the bytes then decide its format).
 SUFFIXES = (".aedat4", ".aedat", ".aedat3", ".aedat2", ".npy", ".h5", ".hdf5")
-#: AEDAT 3.1 ``#Source`` camera names (case-insensitive prefixes, most specific first) -> (W, H).
-CAMERAS = (("dvs128", (128, 128)), ("edvs", (128, 128)), ("davis240", (240, 180)), ("davis346", (346, 260)),
-           ("davis640", (640, 480)), ("dvxplorer lite", (320, 240)), ("dvxplorer_lite", (320, 240)),
-           ("dvxplorerlite", (320, 240)), ("dvxplorer", (640, 480)))
+#: AEDAT 3.1 ``#Source N: <camera>`` names -> (W, H): case-insensitive prefixes, most specific first. The names
+#: are cAER's (``chipIDToName``: DAVIS240A/B/C, DAVIS128, DAVIS346[A|B|BSI], DAVIS640[H], DAVISHet640, DAVIS208,
+#: DVS132S) and DVS128 (DVS-Gesture's header).
+CAMERAS = (("dvs128", (128, 128)), ("dvs132s", (132, 104)), ("davis128", (128, 128)), ("davis208", (208, 192)),
+           ("davis240", (240, 180)), ("davis346", (346, 260)), ("davis640", (640, 480)),
+           ("davishet640", (640, 480)))
 UNLABELED = "unlabeled"
 _JSON_KEYS = ("classes", "sensor_size", "csv_time")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

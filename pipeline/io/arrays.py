@@ -68,7 +68,7 @@ def decode_npy(data: bytes, path: str | Path = "<buffer>") -> DecodedEvents:
     if missing:
         raise RawDataError(path, f".npy array needs fields x, y, t, p; missing {missing} "
                                  f"(dtype {arr.dtype}; a plain (N, 4) array is ambiguous: save a structured one)")
-    return _columns({f: arr[f].reshape(-1) if arr.ndim == 1 else arr[f] for f in FIELDS}, path, "npy",
+    return _columns({f: arr[f] for f in FIELDS}, path, "npy",
                     {"fields": list(names)})
 
 
