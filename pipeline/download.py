@@ -29,6 +29,8 @@ __all__ = ["instructions", "download", "md5sum", "main"]
 
 def instructions(spec: DatasetSpec, raw: Path) -> str:
     """Human instructions: what to download, from where, and where to put it."""
+    if not spec.downloads:  # a folder of the user's own recordings: nothing to download
+        return f"Put the recordings under {raw} as {spec.raw_layout(raw)} (see pipeline/datasets/recordings.py)."
     lines = [f"To ingest {spec.name}, put the official files under {raw}:"]
     for d in spec.downloads:
         how = "download by hand (licence page)" if d.manual else "download"

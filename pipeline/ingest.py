@@ -2,6 +2,8 @@
 
     python -m pipeline.ingest <dataset> [--raw DIR] [--out PATH] [--format zarr|h5] [--split SCHEME]
                                         [--from-tonic SAVE_TO] [--set ingest.key=value ...]
+    python -m pipeline.ingest recordings --raw DIR [--name NAME] [--sensor-size W H] ...   (your own recordings,
+                                        see pipeline.datasets.recordings)
 
 Every event read is accounted for: the store's ``counts`` attribute reconciles
 ``events_read = stored + invalid_dropped + outside_windows + out_of_sensor - duplicated_by_overlap``
@@ -157,21 +159,31 @@ def report(attrs: dict, out: Path) -> str:
 @exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs")
+    ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs | recordings (a folder of your own)")
     ap.add_argument("--raw", type=Path, help="raw folder (default: <paths.raw_root>/<dataset>)")
     ap.add_argument("--out", type=Path, help="store path (default: <paths.events_root>/<dataset>.zarr|.h5)")
     ap.add_argument("--format", choices=("zarr", "h5"))
     ap.add_argument("--from-tonic", type=Path, metavar="SAVE_TO",
                     help="ingest a tree downloaded by tonic (its save_to folder) through tonic's dataset classes")
     ap.add_argument("--split", help="split scheme (cifar10_dvs: tet, tebn, spikingjelly, random:<seed>)")
+    ap.add_argument("--name", help="recordings: the dataset's name (its store, caches, runs and recipes.<name>)")
+    ap.add_argument("--sensor-size", type=int, nargs=2, metavar=("W", "H"),
+                    help="recordings: the sensor size, for files whose header does not record it (.npy)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.dataset != "recordings" and (args.name or args.sensor_size):
+        ap.error("--name and --sensor-size are options of `recordings`")
     overrides = list(args.overrides) + ([f"ingest.format={args.format}"] if args.format else [])
     cfg = load_section("ingest", IngestConfig, args.params, overrides)
     paths = load_section("paths", PathsConfig, args.params, args.overrides)
     spec = get_spec(args.dataset)
+    if args.dataset == "recordings":
+        try:
+            spec = spec.configure(name=args.name, sensor_size=args.sensor_size)
+        except ValueError as err:
+            ap.error(str(err))
     raw = args.raw or Path(paths.raw_root) / spec.name
     if args.from_tonic:
         from pipeline.io.tonic_trees import tonic_spec

@@ -112,11 +112,12 @@ class TonicCIFAR10DVS(_TonicAdapter):
 
     @staticmethod
     def _present(root: Path) -> bool:
-        """tonic's own completeness check: at least 1000 extracted .aedat4 files."""
-        return len(list(root.rglob("*.aedat4"))) >= 1000
+        """tonic's own completeness check (``CIFAR10DVS._check_exists``): the archive ``CIFAR10DVS.zip`` plus at
+        least 1000 extracted .aedat4 files; without either, tonic's constructor would start a download."""
+        return (root / "CIFAR10DVS.zip").is_file() and len(list(root.rglob("*.aedat4"))) >= 1000
 
     def raw_layout(self, raw_dir: Path) -> str:
-        return f"{raw_dir}/CIFAR10DVS/<class>/<file>.aedat4 (tonic's tree)"
+        return f"{raw_dir}/CIFAR10DVS/CIFAR10DVS.zip and <class>/<file>.aedat4 (tonic's tree, >= 1000 files)"
 
     def recordings(self, raw_dir: Path, split: str = "tet") -> dict[str, list[Recording]]:
         ds = self._open(raw_dir)
