@@ -156,6 +156,7 @@ def run_child(raw: Path, work: Path, code: Path) -> dict:
     result = json.loads((work / "stdout").read_text().strip().splitlines()[-1])
     result["wall_s"] = wall
     result["peak_rss"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime  # all threads, imports included
     return result
 
 
@@ -275,18 +276,20 @@ def main(argv: list[str] | None = None) -> dict:
         store_bytes = sum(f.stat().st_size for f in Path(runs[-1]["store"]).rglob("*") if f.is_file())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the raw tree too, unless it lives in --tree
-    med = {k: statistics.median(r[k] for r in runs) for k in ("ingest_s", "bin_s", "wall_s", "peak_rss")}
+    med = {k: statistics.median(r[k] for r in runs) for k in ("ingest_s", "bin_s", "wall_s", "cpu_s", "peak_rss")}
     total = [r["ingest_s"] + r["bin_s"] for r in runs]
     print(f"tree: {info['recordings']} recordings, {info['bytes'] / 1e9:.2f} GB AEDAT 3.1 ({runs[0]['events']:,} events "
           f"stored, {runs[0]['samples']} samples), written in {gen_s:.0f} s; warm page cache; "
           f"{os.cpu_count()} CPUs; code {runs[0]['pipeline']}")
-    print(f"{'run':<8} {'ingest s':>9} {'bin s':>7} {'total s':>8} {'child wall s':>13} {'peak RSS GB':>12} {'load (1/5/15 min)':>18}")
+    print(f"{'run':<8} {'ingest s':>9} {'bin s':>7} {'total s':>8} {'child wall s':>13} {'child CPU s':>12} "
+          f"{'peak RSS GB':>12} {'load (1/5/15 min)':>18}")
     for i, r in enumerate(runs):
         print(f"{i + 1:<8} {r['ingest_s']:>9.2f} {r['bin_s']:>7.2f} {r['ingest_s'] + r['bin_s']:>8.2f} "
-              f"{r['wall_s']:>13.2f} {r['peak_rss'] / 1e9:>12.2f} {r['load']:>18}")
+              f"{r['wall_s']:>13.2f} {r['cpu_s']:>12.2f} {r['peak_rss'] / 1e9:>12.2f} {r['load']:>18}")
     spread = f" (spread {min(total):.2f}..{max(total):.2f})" if len(runs) > 1 else ""
     print(f"{'median':<8} {med['ingest_s']:>9.2f} {med['bin_s']:>7.2f} {statistics.median(total):>8.2f} "
-          f"{med['wall_s']:>13.2f} {med['peak_rss'] / 1e9:>12.2f}{spread}")
+          f"{med['wall_s']:>13.2f} {med['cpu_s']:>12.2f} {med['peak_rss'] / 1e9:>12.2f}{spread}")
+    print(f"load after: {_load()} (1/5/15 min; on a shared machine wall times stretch, CPU seconds much less)")
     print(f"store {store_bytes / 1e9:.2f} GB on disk; bin: T={BIN['T']}, {BIN['out_size'][0]}x{BIN['out_size'][1]}, "
           f"{BIN['dtype']}, both splits. Target: <= 20 s end to end on 2 cores, <= 1 GB peak")
     return {"runs": runs, "median": med, "tree": info, "store_bytes": store_bytes}

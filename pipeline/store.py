@@ -166,10 +166,12 @@ def _blosc_of(codec: BloscCodec, itemsize: int):
 
 
 def _encode_chunk(blosc, chunk: np.ndarray) -> bytes | None:
-    """One inner chunk, compressed; None when it is all fill value (0), which Zarr does not store."""
-    if not np.count_nonzero(chunk.view(np.uint8)):
+    """One inner chunk, compressed; None when it is all fill value (0), which Zarr does not store. (Only a chunk
+    that compresses to under 1/64 of its size, or 256 bytes, can be all zeros: the others are not scanned.)"""
+    data = blosc.encode(chunk)
+    if len(data) <= max(256, chunk.nbytes // 64) and not chunk.view(np.uint8).any():
         return None
-    return blosc.encode(chunk)
+    return data
 
 
 class _ShardFile:
