@@ -12,8 +12,10 @@ columns compress as camera data does rather than as white noise.
 
 Each timed run is a fresh child process (the way ``dvc repro`` runs a stage) that calls ``pipeline.ingest.ingest``
 (Zarr store) and then ``pipeline.bin.run`` (T = 16, 64x64, uint8, semantics exact, both splits); the table gives
-the seconds inside each call, the child's wall time (interpreter start and imports included) and its peak RSS
-(``ru_maxrss`` from ``os.wait4``: the true process peak, file-backed pages of mapped files included). The raw
+the seconds inside each call, the child's wall time (interpreter start and imports included), its CPU seconds
+(user + system, all threads: on a shared machine these stretch far less than wall time) and its peak RSS
+(``ru_maxrss`` from ``os.wait4``: the true process peak, file-backed pages of mapped files included), with the
+load average at the start of each run. The raw
 tree is read once before timing, so the page cache is warm; one untimed warm-up run on a small tree first fills
 Numba's on-disk cache. ``--code DIR`` runs another checkout's ``pipeline`` (e.g. main before a change) on the
 same tree. ``--check-against DIR`` instead ingests and bins the small tree with both checkouts and compares

@@ -15,7 +15,12 @@ Layout (identical in both backends; Zarr arrays are sharded so a store is tens o
             attrs: n_samples, n_events, recordings [{name, ...meta}], counts {...}
 
 In HDF5 every attribute value is stored as a JSON string (``json.loads(f.attrs[key])``); in Zarr attributes
-are JSON already.
+are JSON already. Zarr columns are Blosc-zstd (level 3; byte shuffle, bit shuffle for ``p``, see
+`COLUMN_CODECS`).
+
+Writes stream: each column is written chunk by chunk (`ShardWriter`: compression in a thread pool, shard files
+written in order by one I/O thread, the files zarr-python itself would write), so memory holds a few chunks per
+column, never a split. The bin stage reads the columns back the same way (`ShardedColumnReader`).
 
 Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and renamed into place only once complete, so
 a killed ingest leaves nothing that opens. `open_event_store` refuses a store of another format version or
