@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and "--child" not in sys.argv:
+    sys.path.insert(0, str(HERE))  # the tree writer of this checkout (an editable install may point elsewhere)
 WINDOWS_PER_RECORDING = 12
 EVENT_BYTES = 8  # one AEDAT 3.1 polarity event slot
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")

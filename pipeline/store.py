@@ -44,6 +44,7 @@ import numpy as np
 import zarr
 from numcodecs import blosc
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from pipeline.events import EVENT_DTYPE, SensorSize
 
@@ -227,8 +228,10 @@ class ShardWriter:
                 and [c.__class__.__name__ for c in shard_codec.index_codecs] == ["BytesCodec", "Crc32cCodec"]
                 and shard_codec.index_location.value == "end" and float(meta.fill_value) == 0
                 and tuple(shard_codec.chunk_shape[1:]) == tuple(meta.shape[1:])
-                and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(meta.shape[1:])):
-            raise ValueError(f"ShardWriter cannot write {arr.path}: not the sharded Blosc layout it writes")
+                and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(meta.shape[1:])
+                and isinstance(arr.store_path.store, LocalStore)):
+            raise ValueError(f"ShardWriter cannot write {arr.path}: not the sharded Blosc layout it writes "
+                             "(in a local directory store)")
         self.arr, self.pool, self.io, self.max_pending = arr, pool, io, max_pending
         self.dtype = np.dtype(arr.dtype).newbyteorder("<")
         self.row_shape = tuple(meta.shape[1:])
