@@ -155,11 +155,13 @@ SMALL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
 
 
 def default_threads() -> int:
-    """Worker threads for compression: the CPUs this process may run on."""
+    """Worker threads for (de)compression: the CPUs this process may run on, at most 8 (one thread produces the
+    data, so more would only hold more chunks in memory: each thread keeps ~2 chunks per column in flight)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
 
 
 def _blosc_of(codec: BloscCodec, itemsize: int):
