@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -35,9 +36,11 @@ from pipeline.binning import bin_batch
 from pipeline.events import SensorSize
 from pipeline.store import (
     EventSplit,
+    ShardWriter,
     StoreError,
     atomic_output,
     check_header,
+    default_threads,
     open_event_store,
     open_node,
     read_attrs,
@@ -128,9 +131,34 @@ def cache_path(frames_root: str | Path, dataset: str, split: str, binning: Binni
     return Path(frames_root) / dataset / f"{name}.{'zarr' if fmt == 'zarr' else 'h5'}"
 
 
+#: Events per bin block (about 13 bytes each in memory; two blocks are in flight while reading ahead).
+BLOCK_EVENTS = 1 << 22
+
+
+def _blocks(offsets: np.ndarray, max_samples: int, max_events: int) -> list[tuple[int, int]]:
+    """Consecutive sample ranges ``[a, b)`` of at most ``max_samples`` samples and, unless one sample alone is
+    larger, ``max_events`` events."""
+    n = len(offsets) - 1
+    out, a = [], 0
+    while a < n:
+        b = a + 1
+        while b < n and b - a < max_samples and offsets[b + 1] - offsets[a] <= max_events:
+            b += 1
+        out.append((a, b))
+        a = b
+    return out
+
+
 def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, out: str | Path, *,
-                      block_samples: int = SHARD_SAMPLES, progress: bool = True) -> Path:
-    """Bin every sample of ``split`` and write the cache ``out`` atomically. Returns ``out``."""
+                      block_samples: int = SHARD_SAMPLES, progress: bool = True,
+                      block_events: int = BLOCK_EVENTS, threads: int | None = None) -> Path:
+    """Bin every sample of ``split`` and write the cache ``out`` atomically. Returns ``out``.
+
+    A bounded pipeline: blocks of at most ``block_samples`` samples / ``block_events`` events; while Numba bins
+    block k (`bin_batch`, parallel over samples), a thread pool decompresses block k+1 straight from the event
+    store's shards (`ShardedColumnReader`) and compresses the frames of block k-1 into the cache's shards
+    (`ShardWriter`). The bytes written do not depend on the block size or the thread count.
+    """
     out = Path(out)
     fmt = store_format(out)
     sensor = SensorSize.of(store_attrs["sensor_size"])
@@ -140,12 +168,18 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
     chunk = (1, *shape[1:])
     dtype = np.dtype(binning.dtype)
     sat_total, sat_samples = 0, 0
-    with atomic_output(out) as tmp:
+    threads = threads or default_threads()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bin")
+    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bin-io")
+    readers = split.column_readers()
+    writer = None
+    with atomic_output(out) as tmp, pool, io:
         if fmt == "zarr":
             root = zarr.open_group(tmp, mode="w-")
             frames = root.create_array("frames", shape=shape, dtype=dtype, chunks=chunk,
                                        shards=(min(SHARD_SAMPLES, max(n, 1)), *shape[1:]),
                                        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+            writer = ShardWriter(frames, pool, io, max_pending=2 * threads + 2)
         else:
             root = h5py.File(tmp, "w-", libver="latest")
             frames = root.create_dataset("frames", shape=shape, dtype=dtype, chunks=chunk if n else None,
@@ -153,21 +187,36 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
         try:
             bar = tqdm(total=n, desc=f"bin {store_attrs['dataset']}/{split.name} T={binning.T}", unit="sample",
                        disable=not progress, file=sys.stderr)
-            step = max(SHARD_SAMPLES, block_samples // SHARD_SAMPLES * SHARD_SAMPLES)  # whole shards per write
-            for a in range(0, n, step):
-                b = min(a + step, n)
+            blocks = _blocks(split.offsets, max(1, block_samples), block_events)
+
+            def start(k: int):
+                a, b = blocks[k]
                 lo, hi = int(split.offsets[a]), int(split.offsets[b])
-                cols = split.event_slice(lo, hi)
+                if readers is None:
+                    return split.event_slice(lo, hi)
+                return {c: r.start(lo, hi, pool) for c, r in readers.items()}
+
+            ahead = start(0) if blocks else None
+            for k, (a, b) in enumerate(blocks):
+                lo = int(split.offsets[a])
+                cols = {c: (v if readers is None else v.result()) for c, v in ahead.items()}
+                ahead = start(k + 1) if k + 1 < len(blocks) else None  # decompressed while this block bins
                 try:
                     block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"],
                                            split.offsets[a : b + 1] - lo, sensor, **binning.kwargs())
                 except ValueError as err:  # positions in the message are relative to this block
                     raise ValueError(f"{split.path} split {split.name!r}, samples {a}..{b - 1} (event rows from "
                                      f"{lo}): {err}") from err
-                frames[a:b] = block
+                del cols
+                if writer is not None:
+                    writer.write(block)
+                else:
+                    frames[a:b] = block
                 sat_total += int(sat.sum())
                 sat_samples += int(np.count_nonzero(sat))
                 bar.update(b - a)
+            if writer is not None:
+                writer.close()
             bar.close()
             arrays = {"label": split.labels.astype("<i2"), "recording": split.recording.astype("<i4"),
                       "window_start_us": split.window_us[:, 0].copy(), "window_end_us": split.window_us[:, 1].copy()}
@@ -185,6 +234,10 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
                 "saturated": sat_total, "saturated_samples": sat_samples, "complete": True,
             }
             write_attrs(root, fmt, attrs)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         finally:
             if fmt == "h5":
                 root.close()

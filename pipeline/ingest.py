@@ -17,9 +17,12 @@ import hashlib
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+from numba import njit
 from tqdm import tqdm
 
 from pipeline.config import IngestConfig, PathsConfig, exits_on_config_error, load_section
@@ -43,16 +46,45 @@ def _file_record(path: Path, name: str, data: bytes) -> dict:
     return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def _read_and_hash(rec) -> tuple[bytes, dict]:
+    """A recording's bytes and its provenance record (name, size, sha256)."""
+    data = rec.path.read_bytes()
+    return data, _file_record(rec.path, rec.name, data)
+
+
+def _prefetched(recs: list, pool: ThreadPoolExecutor) -> Iterator[tuple[object, bytes, dict]]:
+    """``(recording, bytes, record)`` in order, recording k+1 read and hashed in ``pool`` (hashlib releases the
+    GIL) while the caller decodes and writes recording k: at most two recordings' bytes in memory."""
+    ahead = pool.submit(_read_and_hash, recs[0]) if recs else None
+    for k, rec in enumerate(recs):
+        data, record = ahead.result()
+        ahead = pool.submit(_read_and_hash, recs[k + 1]) if k + 1 < len(recs) else None
+        yield rec, data, record
+
+
+@njit(cache=True, nogil=True)
+def _scan(x, y, t, width, height):
+    """One pass over a recording: ``(t is non-decreasing, number of events with x >= width or y >= height)``."""
+    n_bad = 0
+    for j in range(x.shape[0]):
+        n_bad += (x[j] >= width) | (y[j] >= height)
+    ordered = True
+    for j in range(1, t.shape[0]):
+        ordered &= t[j] >= t[j - 1]
+    return ordered, n_bad
+
+
 def _prepare(ev: DecodedEvents, path: Path, spec: DatasetSpec, out_of_sensor: str, counts: Counter) -> DecodedEvents:
     """Sort by time if needed (counted) and apply the out-of-sensor policy."""
     x, y, t, p = ev.x, ev.y, ev.t, ev.p
-    if len(t) > 1 and np.any(t[1:] < t[:-1]):
+    w, h, _ = spec.sensor_size
+    ordered, n_bad = _scan(x, y, t, w, h) if len(t) else (True, 0)
+    if not ordered:
         order = np.argsort(t, kind="stable")
         counts["reordered"] += int(np.count_nonzero(order != np.arange(len(t))))
         x, y, t, p = x[order], y[order], t[order], p[order]
-    w, h, _ = spec.sensor_size
-    bad = (x >= w) | (y >= h)
-    if bad.any():
+    if n_bad:
+        bad = (x >= w) | (y >= h)
         if out_of_sensor == "error":
             k = int(np.flatnonzero(bad)[0])
             raise RawDataError(
@@ -83,16 +115,18 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
     t0 = time.perf_counter()
     n_recs = sum(len(r) for r in plan.values())
     bar = tqdm(total=n_recs, desc=f"ingest {spec.name}", unit="rec", disable=not progress, file=sys.stderr)
-    with EventStoreWriter(out, cfg.format, chunk_events=cfg.chunk_events, shard_events=cfg.shard_events) as writer:
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read")
+    with reader, EventStoreWriter(out, cfg.format, chunk_events=cfg.chunk_events,
+                                  shard_events=cfg.shard_events) as writer:
         for split_name, recs in plan.items():
             sw = writer.split(split_name)
             counts: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
             rec_attrs = []
             overlaps_before = len(overlaps)
-            for rec_idx, rec in enumerate(recs):
-                data = rec.path.read_bytes()
+            for rec_idx, (rec, data, record) in enumerate(_prefetched(recs, reader)):
                 decoded = spec.decode(data, rec.path)
-                sources.append({**_file_record(rec.path, rec.name, data), **(decoded.header or {})})
+                del data  # the decoded columns are all that is needed from here on
+                sources.append({**record, **(decoded.header or {})})
                 for extra in spec.label_files(rec):
                     sources.append(_file_record(extra, str(Path(rec.name).parent / extra.name), extra.read_bytes()))
                 ev = _prepare(decoded, rec.path, spec, cfg.out_of_sensor, counts)
@@ -106,13 +140,13 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
                         overlaps.append({"recording": rec.name, "rows": [a.row, b.row]})
                 for w in windows:
                     lo, hi = np.searchsorted(ev.t, [w.start_us, w.end_us], side="left")
-                    counts["duplicated_by_overlap"] += int(covered[lo:hi].sum())
+                    counts["duplicated_by_overlap"] += int(np.count_nonzero(covered[lo:hi]))
                     covered[lo:hi] = True
                     sw.add(ev.x[lo:hi], ev.y[lo:hi], ev.t[lo:hi], ev.p[lo:hi], label=w.label, recording=rec_idx,
                            start_us=w.start_us, end_us=w.end_us)
                     counts["samples"] += 1
                     counts["stored"] += int(hi - lo)
-                counts["outside_windows"] += int(len(ev.t) - covered.sum())
+                counts["outside_windows"] += int(len(ev.t) - np.count_nonzero(covered))
                 rec_attrs.append({"name": rec.name, **rec.meta})
                 bar.update(1)
             counts["overlapping_windows"] = len(overlaps) - overlaps_before

@@ -15,7 +15,12 @@ Layout (identical in both backends; Zarr arrays are sharded so a store is tens o
             attrs: n_samples, n_events, recordings [{name, ...meta}], counts {...}
 
 In HDF5 every attribute value is stored as a JSON string (``json.loads(f.attrs[key])``); in Zarr attributes
-are JSON already.
+are JSON already. Zarr columns are Blosc-zstd (level 3; byte shuffle, bit shuffle for ``p``, see
+`COLUMN_CODECS`).
+
+Writes stream: each column is written chunk by chunk (`ShardWriter`: compression in a thread pool, shard files
+written in order by one I/O thread, the files zarr-python itself would write), so memory holds a few chunks per
+column, never a split. The bin stage reads the columns back the same way (`ShardedColumnReader`).
 
 Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and renamed into place only once complete, so
 a killed ingest leaves nothing that opens. `open_event_store` refuses a store of another format version or
@@ -28,13 +33,18 @@ import hashlib
 import json
 import os
 import shutil
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
 import h5py
+import google_crc32c
 import numpy as np
 import zarr
+from numcodecs import blosc
 from zarr.codecs import BloscCodec
+from zarr.storage import LocalStore
 
 from pipeline.events import EVENT_DTYPE, SensorSize
 
@@ -131,34 +141,234 @@ def remove_path(p: Path) -> None:
         p.unlink()
 
 
+# ------------------------------------------------------------------------------------------ shard writing
+#: Blosc settings per event column (Zarr): zstd level 3; byte shuffle for the multi-byte columns, bit shuffle for
+#: the polarity (one bit of eight used: 5x smaller and ~10x faster to compress than byte shuffle, a no-op at
+#: typesize 1). The small per-sample arrays use `SMALL_CODEC`. Every setting reads with plain zarr.
+COLUMN_CODECS = {
+    "x": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "y": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "t": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "p": {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"},
+}
+SMALL_CODEC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"}
+
+
+def default_threads() -> int:
+    """Worker threads for (de)compression: the CPUs this process may run on, at most 8 (one thread produces the
+    data, so more would only hold more chunks in memory: each thread keeps ~2 chunks per column in flight)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _blosc_of(codec: BloscCodec, itemsize: int):
+    """A numcodecs Blosc compressor with exactly the settings of Zarr's ``codec`` (as zarr-python builds it)."""
+    from numcodecs import Blosc
+
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
+    return Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=shuffle, blocksize=codec.blocksize,
+                 typesize=itemsize)
+
+
+def _encode_chunk(blosc, chunk: np.ndarray) -> bytes | None:
+    """One inner chunk, compressed; None when it is all fill value (0), which Zarr does not store. (Only a chunk
+    that compresses to under 1/64 of its size, or 256 bytes, can be all zeros: the others are not scanned.)"""
+    data = blosc.encode(chunk)
+    if len(data) <= max(256, chunk.nbytes // 64) and not chunk.view(np.uint8).any():
+        return None
+    return data
+
+
+class _ShardFile:
+    """One shard file being written; every method runs on the single I/O thread, in submission order."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = None
+
+    def append(self, data: bytes) -> None:
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "wb")
+        self.f.write(data)
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+class ShardWriter:
+    """Streams rows into a sharded Zarr v3 array created by zarr-python's own ``create_array``, one shard file at a
+    time, instead of through zarr-python's per-call machinery.
+
+    The array must be chunked along axis 0 only (every other axis whole), with the codecs zarr-python writes for
+    ``shards=..., compressors=BloscCodec(...)``: ``sharding_indexed`` holding ``bytes(little) -> blosc``, index
+    ``bytes -> crc32c`` at the end. Each shard file is what the Zarr v3 sharding specification prescribes and
+    zarr-python writes: the compressed inner chunks in order, then the index (``offset, nbytes`` u64 LE per
+    inner chunk, ``2**64 - 1`` for a chunk that is all fill value and so not stored) and the index's crc32c; a
+    shard with no stored chunk is not written; a last, partial chunk is padded with the fill value (0). A test
+    checks the files byte for byte against zarr-python's.
+
+    Chunks are compressed in ``pool`` (Blosc releases the GIL), at most ``max_pending`` at a time, and handed in
+    order to the single thread ``io`` that writes the files, so the caller never waits on the disk, memory stays
+    at a few chunks, and the output does not depend on thread timing. Rows go in with `write` (``(k, *shape[1:])``
+    arrays); `close` writes the last shard and returns the number of rows written. Nothing is published until the
+    caller's atomic rename (see `atomic_output`).
+    """
+
+    def __init__(self, arr, pool: ThreadPoolExecutor, io: ThreadPoolExecutor, max_pending: int = 8):
+        meta = arr.metadata
+        codecs = getattr(meta, "codecs", ())
+        shard_codec = codecs[0] if len(codecs) == 1 else None
+        inner = getattr(shard_codec, "codecs", ())
+        if not (shard_codec.__class__.__name__ == "ShardingCodec" and len(inner) == 2
+                and inner[0].__class__.__name__ == "BytesCodec" and isinstance(inner[1], BloscCodec)
+                and [c.__class__.__name__ for c in shard_codec.index_codecs] == ["BytesCodec", "Crc32cCodec"]
+                and shard_codec.index_location.value == "end" and float(meta.fill_value) == 0
+                and tuple(shard_codec.chunk_shape[1:]) == tuple(meta.shape[1:])
+                and tuple(meta.chunk_grid.chunk_shape[1:]) == tuple(meta.shape[1:])
+                and isinstance(arr.store_path.store, LocalStore)):
+            raise ValueError(f"ShardWriter cannot write {arr.path}: not the sharded Blosc layout it writes "
+                             "(in a local directory store)")
+        self.arr, self.pool, self.io, self.max_pending = arr, pool, io, max_pending
+        self.dtype = np.dtype(arr.dtype).newbyteorder("<")
+        self.row_shape = tuple(meta.shape[1:])
+        self.chunk_rows = int(shard_codec.chunk_shape[0])
+        self.chunks_per_shard = int(meta.chunk_grid.chunk_shape[0]) // self.chunk_rows
+        self.blosc = _blosc_of(inner[1], self.dtype.itemsize)
+        self.store_root = Path(arr.store_path.store.root) / arr.path
+        self.n_rows = 0  # rows accepted
+        self._free: list[np.ndarray] = []  # chunk buffers whose compression is done, for reuse
+        self._buf = self._new_buffer()
+        self._fill = 0
+        self._pending: deque = deque()  # (compression future, its buffer), in chunk order
+        self._io_pending: deque = deque()  # I/O futures, in order
+        self._shard = 0
+        self._file: _ShardFile | None = None
+        self._pos = 0
+        self._index = np.full((self.chunks_per_shard, 2), 2**64 - 1, "<u8")
+        self._slot = 0  # next inner-chunk slot of the current shard
+
+    def _new_buffer(self) -> np.ndarray:
+        return self._free.pop() if self._free else np.empty((self.chunk_rows, *self.row_shape), self.dtype)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {rows.shape[1:]} written to an array of rows {self.row_shape}")
+        i, n = 0, rows.shape[0]
+        while i < n:
+            take = min(self.chunk_rows - self._fill, n - i)
+            self._buf[self._fill : self._fill + take] = rows[i : i + take]
+            self._fill += take
+            i += take
+            if self._fill == self.chunk_rows:
+                self._submit()
+        self.n_rows += n
+
+    def _submit(self) -> None:
+        chunk = self._buf
+        if self._fill < self.chunk_rows:
+            chunk[self._fill :] = 0  # the fill value pads a boundary chunk, as zarr-python does
+        self._fill = 0
+        self._pending.append((self.pool.submit(_encode_chunk, self.blosc, chunk), chunk))
+        while len(self._pending) > self.max_pending or (self._pending and self._pending[0][0].done()):
+            self._collect()
+        self._buf = self._new_buffer()
+
+    def _collect(self) -> None:
+        """Hand the oldest compressed chunk to the I/O thread (in order) and recycle its buffer."""
+        future, buf = self._pending.popleft()
+        data = future.result()
+        self._free.append(buf)
+        if data is not None:
+            if self._file is None:
+                key = self.arr.metadata.encode_chunk_key((self._shard,) + (0,) * len(self.row_shape))
+                self._file = _ShardFile(self.store_root / key)
+                self._pos = 0
+            self._io(self._file.append, data)
+            self._index[self._slot] = (self._pos, len(data))
+            self._pos += len(data)
+        self._slot += 1
+        if self._slot == self.chunks_per_shard:
+            self._end_shard()
+
+    def _io(self, fn, *args) -> None:
+        self._io_pending.append(self.io.submit(fn, *args))
+        while len(self._io_pending) > 4 * self.max_pending or (self._io_pending and self._io_pending[0].done()):
+            self._io_pending.popleft().result()  # re-raises a failed write here
+
+    def _end_shard(self) -> None:
+        if self._file is not None:
+            index = self._index.tobytes()
+            self._io(self._file.append, index + np.uint32(google_crc32c.value(index)).astype("<u4").tobytes())
+            self._io(self._file.close)
+            self._file = None
+        self._index = np.full((self.chunks_per_shard, 2), 2**64 - 1, "<u8")
+        self._slot = 0
+        self._shard += 1
+
+    def close(self) -> int:
+        """Write what remains (the partial chunk, the last shard's index); returns the rows written."""
+        if self._fill:
+            self._submit()
+        while self._pending:
+            self._collect()
+        if self._slot:
+            self._end_shard()
+        while self._io_pending:
+            self._io_pending.popleft().result()
+        return self.n_rows
+
+    def abort(self) -> None:
+        """Drop queued work and close the open file (after an error; a no-op once closed)."""
+        for f, _ in self._pending:
+            f.cancel()
+        self._pending.clear()
+        for f in self._io_pending:
+            f.cancel()
+        self._io_pending.clear()
+        if self._file is not None:
+            self.io.submit(self._file.close)
+            self._file = None
+
+
 # ------------------------------------------------------------------------------------------ backends
 class _Sink:
     """Minimal writer interface over Zarr v3 / HDF5: growable 1-D columns, small arrays, JSON attributes."""
 
-    def __init__(self, path: Path, fmt: str, chunk: int, shard: int):
+    def __init__(self, path: Path, fmt: str, chunk: int, shard: int, threads: int | None = None):
         self.fmt, self.chunk, self.shard = fmt, chunk, shard
         if fmt == "zarr":
             self.root = zarr.open_group(path, mode="w-")
         else:
             self.root = h5py.File(path, "w-", libver="latest")  # dense attribute storage: no 64 KiB limit
-        self._codec = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+        self._codec = BloscCodec(**SMALL_CODEC)
+        self.threads = threads or default_threads()
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="store")
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-io")  # one: writes stay in order
+        self._writers: list[ShardWriter] = []
 
     def group(self, name: str):
         return self.root.create_group(name)
 
     def column(self, group, name: str, dtype: str):
+        """A streaming column: ``.write(values)`` appends, ``.close()`` finishes it."""
         if self.fmt == "zarr":
-            return group.create_array(
-                name, shape=(0,), dtype=dtype, chunks=(self.chunk,), shards=(self.shard,), compressors=self._codec
+            arr = group.create_array(
+                name, shape=(0,), dtype=dtype, chunks=(self.chunk,), shards=(self.shard,),
+                compressors=BloscCodec(**COLUMN_CODECS[name]),
             )
-        return group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self.chunk,),
-                                    compression="lzf", shuffle=True)
-
-    @staticmethod
-    def append(arr, data: np.ndarray) -> None:
-        n = arr.shape[0]
-        arr.resize((n + len(data),))
-        arr[n:] = data
+            writer = ShardWriter(arr, self.pool, self.io, max_pending=2 * self.threads + 2)
+            self._writers.append(writer)
+            return _ZarrColumn(arr, writer)
+        ds = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(self.chunk,),
+                                  compression="lzf", shuffle=True)
+        return _H5Column(ds, self.chunk)
 
     def array(self, group, name: str, data: np.ndarray) -> None:
         if self.fmt == "zarr":
@@ -170,44 +380,81 @@ class _Sink:
         write_attrs(node, self.fmt, attrs)
 
     def close(self) -> None:
+        for w in self._writers:  # a no-op for closed writers; on an error, drops queued chunks and open files
+            w.abort()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.io.shutdown(wait=True)  # every queued write done (or cancelled by abort) before the rename
         if self.fmt == "h5":
             self.root.close()
 
 
+class _ZarrColumn:
+    """A 1-D Zarr column streamed shard by shard (`ShardWriter`); its shape is set when it is closed."""
+
+    def __init__(self, arr, writer: ShardWriter):
+        self.arr, self.writer = arr, writer
+
+    def write(self, values: np.ndarray) -> None:
+        self.writer.write(values)
+
+    def close(self) -> None:
+        n = self.writer.close()
+        self.arr.resize((n,))  # growing from (0,) deletes nothing: every shard written stays
+
+
+class _H5Column:
+    """A 1-D HDF5 column written in whole-chunk blocks (no partial-chunk rewrites)."""
+
+    def __init__(self, ds, chunk: int, block_chunks: int = 8):
+        self.ds = ds
+        self._buf = np.empty(chunk * block_chunks, ds.dtype)
+        self._fill = 0
+
+    def write(self, values: np.ndarray) -> None:
+        i, n = 0, len(values)
+        while i < n:
+            take = min(len(self._buf) - self._fill, n - i)
+            self._buf[self._fill : self._fill + take] = values[i : i + take]
+            self._fill += take
+            i += take
+            if self._fill == len(self._buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        n = self.ds.shape[0]
+        self.ds.resize((n + self._fill,))
+        self.ds[n:] = self._buf[: self._fill]
+        self._fill = 0
+
+    def close(self) -> None:
+        if self._fill:
+            self._flush()
+
+
 class _SplitWriter:
-    """Buffers one split's columns and writes them in whole shards (no read-modify-write of Zarr shards)."""
+    """Streams one split's columns to the sink (bounded memory: a few chunks per column, never the split)."""
 
     def __init__(self, sink: _Sink, name: str):
         self.sink = sink
         self.group = sink.group(name)
         self.cols = {k: sink.column(self.group, k, dt) for k, dt in COLUMNS.items()}
-        self.pending: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
-        self.n_pending = 0
         self.offsets = [0]
         self.meta: dict[str, list[int]] = {k: [] for k in SAMPLE_ARRAYS if k != "offsets"}
 
     def add(self, x, y, t, p, *, label: int, recording: int, start_us: int, end_us: int) -> None:
+        n = len(t)
         for k, v in zip(COLUMNS, (x, y, t, p)):
-            self.pending[k].append(np.asarray(v, dtype=COLUMNS[k]))
-        self.n_pending += len(t)
-        self.offsets.append(self.offsets[-1] + len(t))
+            v = np.asarray(v, dtype=COLUMNS[k])
+            if len(v) != n:
+                raise ValueError(f"column {k} has {len(v)} values, t has {n}")
+            self.cols[k].write(v)
+        self.offsets.append(self.offsets[-1] + n)
         for k, v in zip(self.meta, (label, recording, start_us, end_us)):
             self.meta[k].append(int(v))
-        if self.n_pending >= self.sink.shard:
-            self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        keep = 0 if final else self.n_pending % self.sink.shard
-        for k in COLUMNS:
-            data = np.concatenate(self.pending[k]) if self.pending[k] else np.empty(0, COLUMNS[k])
-            head, tail = data[: len(data) - keep], data[len(data) - keep :]
-            if len(head):
-                self.sink.append(self.cols[k], head)
-            self.pending[k] = [tail] if keep else []
-        self.n_pending = keep
 
     def finish(self, attrs: dict) -> None:
-        self._flush(final=True)
+        for col in self.cols.values():
+            col.close()
         self.sink.array(self.group, "offsets", np.asarray(self.offsets, SAMPLE_ARRAYS["offsets"]))
         for k, v in self.meta.items():
             self.sink.array(self.group, k, np.asarray(v, SAMPLE_ARRAYS[k]))
@@ -301,6 +548,117 @@ def open_node(path: Path, fmt: str):
         raise StoreError(f"{path} cannot be opened as a {fmt} store: {err}") from err
 
 
+class ShardedColumnReader:
+    """Reads rows ``[a, b)`` of a 1-D sharded Zarr v3 column straight from its shard files: one ``pread`` and one
+    Blosc decompression per inner chunk, into the destination array (no intermediate copy for whole chunks),
+    chunks in parallel in a thread pool (Blosc releases the GIL).
+
+    Only for the layout `ShardWriter` and zarr-python write for the event columns (checked against the column's
+    ``zarr.json``; `open` returns None otherwise and the caller reads through zarr-python): ``sharding_indexed``
+    with inner ``bytes(little) -> blosc``, index ``bytes -> crc32c`` at the end (verified on first use of each
+    shard), default chunk keys ``c/<shard>``, fill value 0. A test checks it against zarr-python.
+    Why: zarr-python decodes into its own buffers and copies them out, ~2x the work on the bin stage's reads.
+    """
+
+    _MISSING = 2**64 - 1
+
+    def __init__(self, root: Path, n: int, chunk: int, shard: int, dtype: np.dtype):
+        self.root, self.n, self.chunk, self.shard, self.dtype = root, n, chunk, shard, dtype
+        self.per_shard = shard // chunk
+        self._index: dict[int, np.ndarray] = {}
+        self._cache: tuple[int, Any] | None = None  # (chunk number, future of its decompressed rows)
+
+    @classmethod
+    def open(cls, path: Path) -> "ShardedColumnReader | None":
+        try:
+            meta = json.loads((path / "zarr.json").read_text())
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            ok = (codec["name"] == "sharding_indexed" and [c["name"] for c in conf["codecs"]] == ["bytes", "blosc"]
+                  and conf["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                  and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
+                  and conf["index_location"] == "end" and len(meta["shape"]) == 1
+                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
+                  and meta["fill_value"] == 0 and meta["data_type"] in ("uint8", "uint16", "int16", "int32", "int64"))
+            shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+            chunk = int(conf["chunk_shape"][0])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not ok or chunk <= 0 or shard % chunk:
+            return None
+        return cls(path, int(meta["shape"][0]), chunk, shard, np.dtype(meta["data_type"]).newbyteorder("<"))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_index": {}, "_cache": None}
+
+    def _shard_path(self, s: int) -> Path:
+        return self.root / "c" / str(s)
+
+    def _shard_index(self, s: int) -> np.ndarray:
+        if s not in self._index:
+            path = self._shard_path(s)
+            if not path.exists():  # no shard file: every chunk in it is the fill value
+                self._index[s] = np.full((self.per_shard, 2), self._MISSING, np.uint64)
+            else:
+                with open(path, "rb") as f:
+                    f.seek(-(16 * self.per_shard + 4), os.SEEK_END)
+                    raw = f.read(16 * self.per_shard + 4)
+                if np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
+                    raise StoreError(f"{path}: shard index checksum mismatch (a damaged store); rebuild it")
+                self._index[s] = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
+        return self._index[s]
+
+    def _decode_into(self, c: int, dest: np.ndarray) -> np.ndarray:
+        """Chunk ``c`` (all ``chunk`` rows, a padded last chunk included) into ``dest``."""
+        s, j = divmod(c, self.per_shard)
+        offset, nbytes = self._shard_index(s)[j]
+        if offset == self._MISSING:
+            dest[:] = 0
+            return dest
+        with open(self._shard_path(s), "rb") as f:
+            raw = os.pread(f.fileno(), int(nbytes), int(offset))
+        blosc.decompress(raw, dest)
+        return dest
+
+    def _decode_new(self, c: int) -> np.ndarray:
+        return self._decode_into(c, np.empty(self.chunk, self.dtype))
+
+    def start(self, a: int, b: int, pool: ThreadPoolExecutor) -> "_PendingRead":
+        """Begin reading rows ``[a, b)`` in ``pool``; `_PendingRead.result` waits and returns the ``(b - a,)`` array.
+
+        Reads must go forward (each starting where the last ended, as the bin stage reads): the chunk that
+        straddles ``b`` is kept and not decompressed twice."""
+        if not 0 <= a <= b <= self.n:
+            raise IndexError(f"rows {a}:{b} out of range for a column of {self.n}")
+        out = np.empty(b - a, self.dtype)
+        whole, parts = [], []
+        for c in range(a // self.chunk, -(-b // self.chunk)):
+            lo, hi = c * self.chunk, (c + 1) * self.chunk
+            if a <= lo and hi <= b:
+                whole.append(pool.submit(self._decode_into, c, out[lo - a : hi - a]))
+                continue
+            if self._cache is not None and self._cache[0] == c:
+                fut = self._cache[1]
+            else:
+                fut = pool.submit(self._decode_new, c)
+            parts.append((fut, max(a, lo) - lo, min(b, hi) - lo, max(a, lo) - a))
+            if hi > b:
+                self._cache = (c, fut)
+        return _PendingRead(out, whole, parts)
+
+
+class _PendingRead:
+    def __init__(self, out: np.ndarray, whole: list, parts: list):
+        self.out, self.whole, self.parts = out, whole, parts
+
+    def result(self) -> np.ndarray:
+        for f in self.whole:
+            f.result()
+        for fut, lo, hi, at in self.parts:
+            self.out[at : at + hi - lo] = fut.result()[lo:hi]
+        return self.out
+
+
 class EventSplit:
     """One split of an event store: ``len(split)``, ``split[i] -> (events, label)``.
 
@@ -333,6 +691,15 @@ class EventSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def column_readers(self) -> "dict[str, ShardedColumnReader] | None":
+        """Direct shard readers for x, y, t, p (Zarr stores in the layout `ShardWriter` writes), else None."""
+        if self.fmt != "zarr":
+            return None
+        readers = {k: ShardedColumnReader.open(self.path / self.name / k) for k in COLUMNS}
+        if any(r is None or r.n != self.offsets[-1] for r in readers.values()):
+            return None
+        return readers
 
     def event_slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Columns x, y, t, p for event rows [start, stop) of the split."""
