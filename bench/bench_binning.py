@@ -5,7 +5,9 @@ Run: ``.venv/bin/python bench/bench_binning.py [--samples 1000] [--events 100000
 Prints one line per measurement. Every comparison runs in this one process on the same events, and the outputs
 are asserted equal before any time is reported. Times are the best of at least ``--repeat`` runs, repeated for
 a second or more (on a shared machine the minimum is the stable number: a 2-thread kernel waits for a preempted
-thread); numba is compiled and warmed up before timing. When other processes keep the CPUs busy, OpenMP's
+thread); numba is compiled and warmed up before timing. The DVSGesture-dtype rows (tonic's own event dtype,
+x, y int16, p bool, as tonic's datasets return it) are medians instead, tonic and ours called in turn so that
+both see the same load, with their p10..p90 spread. When other processes keep the CPUs busy, OpenMP's
 spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event sample); run
 with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. The last line says how busy the machine was.
 """
@@ -40,6 +42,25 @@ def best_of(fn: Callable[[], object], repeat: int, min_seconds: float = 1.0) -> 
         best = min(best, time.perf_counter() - start)
         calls += 1
     return best, result
+
+
+def interleaved(fns: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, list[float]]:
+    """Wall times (s) of each ``name: (fn, calls per round)``, the functions called in turn for ``rounds`` rounds
+    so that every one of them sees the same load on a shared machine."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, (fn, calls) in fns.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(seconds: list[float]) -> str:
+    """``median (p10..p90)`` in ms."""
+    p10, p50, p90 = np.percentile(seconds, [10, 50, 90]) * 1e3
+    return f"{p50:.2f} ms (p10..p90 {p10:.2f}..{p90:.2f}, {len(seconds)} runs)"
 
 
 def random_stream(rng: np.random.Generator, n: int, duration_us: int) -> np.ndarray:
@@ -101,6 +122,21 @@ def main(argv: list[str] | None = None) -> None:
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), f"{name}: outputs differ"
         row(f"tonic ToFrame       1M ev 128x128 {name}", t_theirs, n)
         row(f"to_frames(tonic)    1M ev 128x128 {name}", t_ours, n, f"x{t_theirs / t_ours:.1f} vs tonic (equal)")
+    # --- tonic's own event dtype (DVSGesture: x, y int16, p bool, t int64), handed over as tonic gives it ---------
+    gesture = np.empty(n, np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")]))
+    for name in "xytp":
+        gesture[name] = events[name]
+    ours_fn = lambda: to_frames(gesture, SENSOR, n_time_bins=16, semantics="tonic")  # noqa: E731
+    theirs_fn = lambda: ToFrame(SENSOR, n_time_bins=16)(gesture)  # noqa: E731  (P = 2: tonic leaves events be)
+    before = gesture.copy()
+    ours, theirs = ours_fn(), theirs_fn()
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), "DVSGesture dtype: outputs differ"
+    times = interleaved({"tonic": (theirs_fn, 1), "ours": (ours_fn, 10)}, max(args.repeat, 15))
+    assert np.array_equal(gesture, before), "events were written into"
+    tonic_s, ours_s = float(np.median(times["tonic"])), float(np.median(times["ours"]))
+    row("tonic ToFrame       DVSGesture dtype 1M ev n_time_bins=16", tonic_s, n, spread(times["tonic"]))
+    row("to_frames(tonic)    DVSGesture dtype 1M ev n_time_bins=16", ours_s, n,
+        f"x{tonic_s / ours_s:.1f} vs tonic, medians side by side (equal); " + spread(times["ours"]))
     t_exact, _ = best_of(lambda: to_frames(events, SENSOR, n_time_bins=16), args.repeat * 10)
     row("to_frames(exact)    1M ev 128x128 n_time_bins=16", t_exact, n)
     t_ds, _ = best_of(lambda: to_frames(events, SENSOR, n_time_bins=16, out_size=(48, 48)), args.repeat * 10)

@@ -67,23 +67,32 @@ Every event is validated, in the same pass that bins it (events a semantics drop
 coordinates outside the sensor, polarities other than 0/1 and decreasing timestamps raise ``ValueError``
 naming the first bad event, and no frames are returned.
 
-Performance notes: the kernels read each event once; `to_frames` hands them zero-copy (strided) views of the
-structured array's fields -- copying four columns would take longer than binning -- and bins the frames of
-one sample in parallel; `bin_batch` runs in parallel over samples, each writing only its own ``out[i]``.
+Event dtypes: any structured array with (at least) the fields ``x, y, t, p``, in any order and of any integer
+or bool type -- ours, tonic's (DVSGesture: ``x, y`` int16, ``p`` bool, ``t`` int64; N-MNIST: all int64), or
+another library's with extra fields -- is read as it is, without a copy or a conversion; negative
+coordinates and polarities other than 0/1 are refused like any other invalid event. Only fields in another
+byte order and uint64 timestamps are converted first (after a range check).
+
+Performance notes: the kernels read each event once, and validate it in the same pass; `to_frames` hands
+them the structured array itself (Numba compiles one specialisation per event dtype, cached on disk) --
+converting four columns first would take longer than binning -- and bins the frames of one sample in
+parallel; `bin_batch` runs in parallel over samples, each writing only its own ``out[i]``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
 
-import numba
 import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 from numba.core import types
+from numba.core.errors import NumbaError
 from numba.extending import overload
+from numba.np.numpy_support import from_dtype
 
 from pipeline.events import SensorSize
 
@@ -555,19 +564,21 @@ def _readable(name: str, dtype: np.dtype) -> bool:
     return not (name == "t" and dtype.kind == "u" and dtype.itemsize == 8)
 
 
-def _record_typed(events: np.ndarray) -> bool:
-    """Whether Numba can type ``events`` as an array of records (every field of a type it knows)."""
+@functools.lru_cache(maxsize=64)
+def _record_typed(dtype: np.dtype) -> bool:
+    """Whether Numba types an array of this structured dtype as records (every field of a type it knows:
+    not so with object fields or another byte order). Cached: asking Numba takes ~30 µs."""
     try:
-        numba.typeof(events)
-    except Exception:  # numba raises assorted errors (NumbaNotImplementedError, ValueError, ...) for such dtypes
+        from_dtype(dtype)
+    except NumbaError:
         return False
     return True
 
 
 def _columns(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Zero-copy field views ``x, y, t, p`` of a structured event array, each of its own integer (or bool)
-    type; a field the kernels cannot read as it is (`_readable`: another byte order, uint64 ``t``) is converted
-    to the contract's type after a range check."""
+    type; a field the kernels cannot read as it is (`_readable`) is converted: another byte order to the native
+    one, uint64 ``t`` to int64 after a range check."""
     if not isinstance(events, np.ndarray) or events.dtype.names is None or events.ndim != 1:
         raise ValueError("events must be a 1-D structured array with fields x, y, t, p (see pipeline.events)")
     missing = [name for name in _FIELDS if name not in events.dtype.names]
@@ -576,8 +587,9 @@ def _columns(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     cols = []
     for name, want in _FIELDS.items():
         col = events[name]
-        if col.dtype.kind not in "biu":
-            raise ValueError(f"events[{name!r}] must be integers ({want}), got {col.dtype}")
+        if col.dtype.kind not in "biu" or col.ndim != 1:
+            raise ValueError(f"events[{name!r}] must be integers ({want}), one per event, got "
+                             f"{events.dtype.fields[name][0]}")
         if not _readable(name, col.dtype):
             if name == "t" and col.dtype.kind == "u" and col.dtype.itemsize == 8:
                 bad = np.flatnonzero(col > np.iinfo(np.int64).max)
@@ -592,10 +604,12 @@ def _columns(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 def _event_source(events: np.ndarray, cols: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """What the per-event kernels get for ``events`` (see the note on `_event`): the record array itself, four
-    times, when Numba reads all four fields from it as they are; else the columns from `_columns`."""
-    if all(_readable(name, events.dtype.fields[name][0]) for name in _FIELDS) and _record_typed(events):
-        return events, events, events, events
+    """What the per-event kernels get for ``events`` (see the note on `_event`): the record array itself (as a
+    plain ndarray view, for subclasses such as ``np.recarray`` or ``np.memmap``), four times, when Numba reads
+    all four fields from it as they are; else the columns from `_columns`."""
+    if all(_readable(name, events.dtype.fields[name][0]) for name in _FIELDS) and _record_typed(events.dtype):
+        records = events if type(events) is np.ndarray else events.view(np.ndarray)
+        return records, records, records, records
     return cols
 
 
@@ -621,7 +635,8 @@ def bin_events(
 
     Parameters:
         events: ``(N,)`` structured array with fields ``x, y`` (pixels), ``t`` (µs, sorted), ``p`` (0/1) --
-            ``pipeline.events.EVENT_DTYPE`` or any integer field types; never modified.
+            ``pipeline.events.EVENT_DTYPE``, tonic's dtypes, or any integer/bool fields in any order, extra
+            fields allowed (see the module docstring); read without a copy, never modified.
         sensor_size: ``(W, H, P)`` as tonic; ``P = 1`` merges the polarities.
         n_time_bins, n_event_bins, time_window, event_count: exactly one, a positive int (``time_window`` in µs).
         overlap: bin modes: fraction of a bin in [0, 1) (``semantics="tonic"`` only);
