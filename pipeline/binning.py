@@ -158,19 +158,19 @@ def _first_invalid(x, y, t, p, lo, start, stop, width, height):
     sample's first row), else -1.
 
     Signed values are compared as uint64 (a negative one becomes huge), so one unsigned comparison per field
-    checks both ends. A branch-free pass decides; only when it finds something does a second pass look for the
-    index."""
+    checks both ends. Branch-free passes (unsigned indices, so no negative-index checks: they vectorize over
+    columns) decide; only when they find something does a third pass look for the index."""
     if start >= stop:
         return -1
     one = np.uint64(1)
     uwidth = np.uint64(width)
     uheight = np.uint64(height)
     bad = False
-    t_prev = _event(x, y, t, p, max(start - 1, lo))[2]
     for j in range(np.uint64(start), np.uint64(stop)):
-        x_j, y_j, t_j, p_j = _event(x, y, t, p, j)
-        bad |= (np.uint64(x_j) >= uwidth) | (np.uint64(y_j) >= uheight) | (np.uint64(p_j) > one) | (t_j < t_prev)
-        t_prev = t_j
+        x_j, y_j, _, p_j = _event(x, y, t, p, j)
+        bad |= (np.uint64(x_j) >= uwidth) | (np.uint64(y_j) >= uheight) | (np.uint64(p_j) > one)
+    for j in range(np.uint64(max(start, lo + 1)), np.uint64(stop)):
+        bad |= _event(x, y, t, p, j)[2] < _event(x, y, t, p, j - one)[2]
     if not bad:
         return -1
     t_prev = _event(x, y, t, p, max(start - 1, lo))[2]
