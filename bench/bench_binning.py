@@ -5,9 +5,9 @@ Run: ``.venv/bin/python bench/bench_binning.py [--samples 1000] [--events 100000
 Prints one line per measurement. Every comparison runs in this one process on the same events, and the outputs
 are asserted equal before any time is reported. Times are the best of at least ``--repeat`` runs, repeated for
 a second or more (on a shared machine the minimum is the stable number: a 2-thread kernel waits for a preempted
-thread); numba is compiled and warmed up before timing. The DVSGesture-dtype rows (tonic's own event dtype,
-x, y int16, p bool, as tonic's datasets return it) are medians instead, tonic and ours called in turn so that
-both see the same load, with their p10..p90 spread. When other processes keep the CPUs busy, OpenMP's
+thread); numba is compiled and warmed up before timing. The rows on tonic's own event dtypes (DVSGesture:
+x, y int16, p bool; N-MNIST: all int64 -- as tonic's datasets return them) are medians instead, tonic and ours
+called in turn so that both see the same load, with their p10..p90 spread. When other processes keep the CPUs busy, OpenMP's
 spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event sample); run
 with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. The last line says how busy the machine was.
 """
@@ -136,6 +136,20 @@ def main(argv: list[str] | None = None) -> None:
     tonic_s, ours_s = float(np.median(times["tonic"])), float(np.median(times["ours"]))
     row("tonic ToFrame       DVSGesture dtype 1M ev n_time_bins=16", tonic_s, n, spread(times["tonic"]))
     row("to_frames(tonic)    DVSGesture dtype 1M ev n_time_bins=16", ours_s, n,
+        f"x{tonic_s / ours_s:.1f} vs tonic, medians side by side (equal); " + spread(times["ours"]))
+    # --- a small sample in tonic's N-MNIST dtype (x, y, t, p all int64): 4 k events on 34x34 ------------------
+    nmnist = np.empty(4_000, np.dtype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")]))
+    for name, high in (("x", 34), ("y", 34), ("p", 2)):
+        nmnist[name] = rng.integers(0, high, len(nmnist))
+    nmnist["t"] = np.sort(rng.integers(0, 300_000, len(nmnist)))
+    small = (34, 34, 2)
+    ours_fn = lambda: to_frames(nmnist, small, n_time_bins=16, semantics="tonic")  # noqa: E731
+    theirs_fn = lambda: ToFrame(small, n_time_bins=16)(nmnist)  # noqa: E731
+    assert np.array_equal(ours_fn(), theirs_fn()), "N-MNIST dtype: outputs differ"
+    times = interleaved({"tonic": (theirs_fn, 1), "ours": (ours_fn, 1)}, 100)
+    tonic_s, ours_s = float(np.median(times["tonic"])), float(np.median(times["ours"]))
+    row("tonic ToFrame       N-MNIST dtype 4k ev 34x34 n_time_bins=16", tonic_s, len(nmnist), spread(times["tonic"]))
+    row("to_frames(tonic)    N-MNIST dtype 4k ev 34x34 n_time_bins=16", ours_s, len(nmnist),
         f"x{tonic_s / ours_s:.1f} vs tonic, medians side by side (equal); " + spread(times["ours"]))
     t_exact, _ = best_of(lambda: to_frames(events, SENSOR, n_time_bins=16), args.repeat * 10)
     row("to_frames(exact)    1M ev 128x128 n_time_bins=16", t_exact, n)

@@ -543,6 +543,35 @@ def test_foreign_dtypes_are_not_copied():
                   n_time_bins=1)
 
 
+@pytest.mark.parametrize("name", ["tonic DVSGesture", "object field (strided views)"])
+def test_serial_and_parallel_kernels_agree(monkeypatch, name):
+    """Small samples are binned on the calling thread, large ones in parallel: the same frames, saturation
+    counts and first invalid event either way."""
+    from pipeline import binning
+
+    rng = np.random.default_rng(13)
+    events = as_dtype(_stream(rng, 30_000, 6, 5), FOREIGN_DTYPES[name])
+    cases = [dict(n_time_bins=7, semantics="tonic"), dict(n_event_bins=1, dtype=np.uint8),
+             dict(time_window=100_000, overlap=30_000, out_size=(2, 3), dtype=np.uint8)]
+    results = {}
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(binning, "_PARALLEL_MIN_EVENTS", threshold)
+        results[threshold] = [bin_events(events, (6, 5, 2), **kwargs) for kwargs in cases]
+        bad = events.copy()
+        bad["y"][20_000] = 5
+        bad["x"][29_999] = -3  # later, and the last event, which tonic's n_time_bins drops
+        for kwargs in cases:
+            with pytest.raises(ValueError, match=r"events\[20000\]: y=5"):
+                bin_events(bad, (6, 5, 2), **kwargs)
+        bad["y"][20_000] = 0
+        with pytest.raises(ValueError, match=r"events\[29999\]: x=-3"):
+            bin_events(bad, (6, 5, 2), **cases[0])
+    for (serial, lost_serial), (parallel, lost_parallel) in zip(results[10**9], results[0]):
+        np.testing.assert_array_equal(serial, parallel)
+        assert lost_serial == lost_parallel
+    assert results[0][1][1] > 0  # saturation was exercised
+
+
 def test_uint64_fields():
     """uint64 coordinates are read as they are (a huge one is refused); uint64 timestamps are converted after a
     check that they fit int64."""
