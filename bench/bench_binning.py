@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     wall0, own0, busy0 = time.perf_counter(), os.times(), busy_jiffies()
     events = random_stream(rng, 10, 10)
-    to_frames(events, SENSOR, n_time_bins=2)  # starts numba's thread pool
+    to_frames(events, SENSOR, n_time_bins=2)  # compiles the serial kernel
+    bin_batch(events["x"].copy(), events["y"].copy(), events["t"].copy(), events["p"].copy(), np.array([0, 10]),
+              SENSOR, n_time_bins=2)  # starts numba's thread pool
     print(f"numba {numba.__version__}, threading layer: {numba.threading_layer()}, threads: {numba.get_num_threads()}"
           f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 

@@ -76,8 +76,9 @@ byte order and uint64 timestamps are converted first (after a range check).
 Performance notes: the kernels read each event once, and validate it in the same pass; `to_frames` hands
 them the structured array itself (Numba compiles one specialisation per event dtype, cached on disk) --
 converting four columns first would take longer than binning -- and bins the frames of one sample in
-parallel (samples of at least 100 k events; smaller ones on the calling thread, cheaper than waking the
-workers); `bin_batch` runs in parallel over samples, each writing only its own ``out[i]``.
+parallel when it has at least 2 M events (smaller ones on the calling thread: see `_PARALLEL_MIN_EVENTS`);
+`bin_batch` runs in parallel over samples, each writing only its own ``out[i]``. `to_frames` may be called
+from several threads at once.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import threading
 import warnings
 
 import numpy as np
@@ -109,10 +111,15 @@ _EXACT, _TONIC, _SPIKINGJELLY = 0, 1, 2
 _TIME_BINS, _EVENT_BINS, _TIME_WINDOW, _EVENT_COUNT = 0, 1, 2, 3
 _MODE_NAMES = ("n_time_bins", "n_event_bins", "time_window", "event_count")
 _FIELDS = {"x": np.dtype("<u2"), "y": np.dtype("<u2"), "t": np.dtype("<i8"), "p": np.dtype("u1")}
-#: Samples with fewer events are binned on the calling thread (`_bin_sample_serial`): waking the worker threads
-#: costs ~0.2 ms when other processes keep the cores busy (measured: 4 k events 0.21 ms in parallel, 0.012 ms
-#: serially; 100 k events 0.44 vs 0.21 ms), more than a 2-thread split can save on so few events.
-_PARALLEL_MIN_EVENTS = 100_000
+#: `bin_events` bins a sample with fewer events on the calling thread (`_bin_sample_serial`), a larger one in
+#: parallel over its frames (`_bin_sample`). Measured on 2 shared cores (tonic semantics, 128x128, median):
+#: 4 k events 0.012 ms serially vs 0.21 ms in parallel (waking the workers), 1 M events 2.9 vs 3.2 ms, 4 M 12.7
+#: vs 10.1 ms, 16 M 38.6 vs 24.5 ms. Per-sample calls usually run where every core is already busy (one
+#: DataLoader worker per core), which is where the parallel kernel gains least.
+_PARALLEL_MIN_EVENTS = 2_000_000
+#: Held while `_bin_sample` runs: Numba's workqueue threading layer (the one `pipeline` selects) aborts the whole
+#: process when two threads launch parallel kernels at once, so a second thread bins serially instead.
+_PARALLEL_LOCK = threading.Lock()
 
 
 class SaturationWarning(UserWarning):
@@ -710,9 +717,15 @@ def bin_events(
     # The ranges assume sorted t; on unsorted input they are wrong but in bounds, and the pass below -- which
     # checks every event before it is counted -- reports the first bad one.
     frames = np.empty((n_frames, sensor.polarities, height, width), dtype=out_dtype)
-    kernel = _bin_sample if n >= _PARALLEL_MIN_EVENTS else _bin_sample_serial
-    lost, bad = kernel(*_event_source(events, cols), starts, ends, sensor.width, sensor.height, out_size is None, xmap,
-                       yoff, pstride, maxval, frames.reshape(-1))
+    args = (*_event_source(events, cols), starts, ends, sensor.width, sensor.height, out_size is None, xmap, yoff,
+            pstride, maxval, frames.reshape(-1))
+    if n >= _PARALLEL_MIN_EVENTS and _PARALLEL_LOCK.acquire(blocking=False):
+        try:
+            lost, bad = _bin_sample(*args)
+        finally:
+            _PARALLEL_LOCK.release()
+    else:
+        lost, bad = _bin_sample_serial(*args)
     if bad >= 0:
         raise ValueError(f"events[{int(bad)}]: {_describe_invalid(int(bad), x, y, t, p, sensor)}")
     return frames, int(lost)

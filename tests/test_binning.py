@@ -8,6 +8,8 @@ formulas documented in ``spikingjelly.datasets.utils.cal_fixed_frames_number_seg
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -570,6 +572,30 @@ def test_serial_and_parallel_kernels_agree(monkeypatch, name):
         np.testing.assert_array_equal(serial, parallel)
         assert lost_serial == lost_parallel
     assert results[0][1][1] > 0  # saturation was exercised
+
+
+def test_to_frames_from_several_threads():
+    """Numba's workqueue layer aborts the process on concurrent parallel launches: to_frames from many threads
+    at once (parallel kernel forced for every size) must give the right frames, not kill the interpreter."""
+    code = (
+        "import threading, numpy as np\n"
+        "from pipeline import binning\n"
+        "from pipeline.events import make_events\n"
+        "binning._PARALLEL_MIN_EVENTS = 0\n"
+        "rng = np.random.default_rng(0)\n"
+        "ev = make_events(rng.integers(0, 34, 20000), rng.integers(0, 20, 20000),\n"
+        "                 np.sort(rng.integers(0, 10**6, 20000)), rng.integers(0, 2, 20000))\n"
+        "ref = binning.to_frames(ev, (34, 20, 2), n_time_bins=8)\n"
+        "ok = []\n"
+        "def work():\n"
+        "    for _ in range(200):\n"
+        "        ok.append(np.array_equal(binning.to_frames(ev, (34, 20, 2), n_time_bins=8), ref))\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert len(ok) == 800 and all(ok)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_uint64_fields():
