@@ -7,9 +7,11 @@ are asserted equal before any time is reported. Times are the best of at least `
 a second or more (on a shared machine the minimum is the stable number: a 2-thread kernel waits for a preempted
 thread); numba is compiled and warmed up before timing. The rows on tonic's own event dtypes (DVSGesture:
 x, y int16, p bool; N-MNIST: all int64 -- as tonic's datasets return them) are medians instead, tonic and ours
-called in turn so that both see the same load, with their p10..p90 spread. When other processes keep the CPUs busy, OpenMP's
-spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event sample); run
-with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. The last line says how busy the machine was.
+called in turn so that both see the same load, with their p10..p90 spread. When other processes keep the CPUs
+busy, OpenMP's spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event
+sample); run with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. (`to_frames` bins samples under
+2 M events on the calling thread, so its rows do not depend on that.) The last line says how busy the machine
+was.
 """
 
 from __future__ import annotations
