@@ -5,9 +5,13 @@ Run: ``.venv/bin/python bench/bench_binning.py [--samples 1000] [--events 100000
 Prints one line per measurement. Every comparison runs in this one process on the same events, and the outputs
 are asserted equal before any time is reported. Times are the best of at least ``--repeat`` runs, repeated for
 a second or more (on a shared machine the minimum is the stable number: a 2-thread kernel waits for a preempted
-thread); numba is compiled and warmed up before timing. When other processes keep the CPUs busy, OpenMP's
-spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event sample); run
-with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. The last line says how busy the machine was.
+thread); numba is compiled and warmed up before timing. The rows on tonic's own event dtypes (DVSGesture:
+x, y int16, p bool; N-MNIST: all int64 -- as tonic's datasets return them) are medians instead, tonic and ours
+called in turn so that both see the same load, with their p10..p90 spread. When other processes keep the CPUs
+busy, OpenMP's spin-waiting makes every short parallel region slow (~20 ms instead of ~2 ms for one 1 M-event
+sample); run with ``OMP_WAIT_POLICY=passive`` (or the workqueue layer) there. (`to_frames` bins samples under
+2 M events on the calling thread, so its rows do not depend on that.) The last line says how busy the machine
+was.
 """
 
 from __future__ import annotations
@@ -40,6 +44,25 @@ def best_of(fn: Callable[[], object], repeat: int, min_seconds: float = 1.0) -> 
         best = min(best, time.perf_counter() - start)
         calls += 1
     return best, result
+
+
+def interleaved(fns: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, list[float]]:
+    """Wall times (s) of each ``name: (fn, calls per round)``, the functions called in turn for ``rounds`` rounds
+    so that every one of them sees the same load on a shared machine."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, (fn, calls) in fns.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def spread(seconds: list[float]) -> str:
+    """``median (p10..p90)`` in ms."""
+    p10, p50, p90 = np.percentile(seconds, [10, 50, 90]) * 1e3
+    return f"{p50:.2f} ms (p10..p90 {p10:.2f}..{p90:.2f}, {len(seconds)} runs)"
 
 
 def random_stream(rng: np.random.Generator, n: int, duration_us: int) -> np.ndarray:
@@ -84,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     wall0, own0, busy0 = time.perf_counter(), os.times(), busy_jiffies()
     events = random_stream(rng, 10, 10)
-    to_frames(events, SENSOR, n_time_bins=2)  # starts numba's thread pool
+    to_frames(events, SENSOR, n_time_bins=2)  # compiles the serial kernel
+    bin_batch(events["x"].copy(), events["y"].copy(), events["t"].copy(), events["p"].copy(), np.array([0, 10]),
+              SENSOR, n_time_bins=2)  # starts numba's thread pool
     print(f"numba {numba.__version__}, threading layer: {numba.threading_layer()}, threads: {numba.get_num_threads()}"
           f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
@@ -101,6 +126,35 @@ def main(argv: list[str] | None = None) -> None:
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), f"{name}: outputs differ"
         row(f"tonic ToFrame       1M ev 128x128 {name}", t_theirs, n)
         row(f"to_frames(tonic)    1M ev 128x128 {name}", t_ours, n, f"x{t_theirs / t_ours:.1f} vs tonic (equal)")
+    # --- tonic's own event dtype (DVSGesture: x, y int16, p bool, t int64), handed over as tonic gives it ---------
+    gesture = np.empty(n, np.dtype([("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")]))
+    for name in "xytp":
+        gesture[name] = events[name]
+    ours_fn = lambda: to_frames(gesture, SENSOR, n_time_bins=16, semantics="tonic")  # noqa: E731
+    theirs_fn = lambda: ToFrame(SENSOR, n_time_bins=16)(gesture)  # noqa: E731  (P = 2: tonic leaves events be)
+    before = gesture.copy()
+    ours, theirs = ours_fn(), theirs_fn()
+    assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), "DVSGesture dtype: outputs differ"
+    times = interleaved({"tonic": (theirs_fn, 1), "ours": (ours_fn, 10)}, max(args.repeat, 15))
+    assert np.array_equal(gesture, before), "events were written into"
+    tonic_s, ours_s = float(np.median(times["tonic"])), float(np.median(times["ours"]))
+    row("tonic ToFrame       DVSGesture dtype 1M ev n_time_bins=16", tonic_s, n, spread(times["tonic"]))
+    row("to_frames(tonic)    DVSGesture dtype 1M ev n_time_bins=16", ours_s, n,
+        f"x{tonic_s / ours_s:.1f} vs tonic, medians side by side (equal); " + spread(times["ours"]))
+    # --- a small sample in tonic's N-MNIST dtype (x, y, t, p all int64): 4 k events on 34x34 ------------------
+    nmnist = np.empty(4_000, np.dtype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")]))
+    for name, high in (("x", 34), ("y", 34), ("p", 2)):
+        nmnist[name] = rng.integers(0, high, len(nmnist))
+    nmnist["t"] = np.sort(rng.integers(0, 300_000, len(nmnist)))
+    small = (34, 34, 2)
+    ours_fn = lambda: to_frames(nmnist, small, n_time_bins=16, semantics="tonic")  # noqa: E731
+    theirs_fn = lambda: ToFrame(small, n_time_bins=16)(nmnist)  # noqa: E731
+    assert np.array_equal(ours_fn(), theirs_fn()), "N-MNIST dtype: outputs differ"
+    times = interleaved({"tonic": (theirs_fn, 1), "ours": (ours_fn, 1)}, 100)
+    tonic_s, ours_s = float(np.median(times["tonic"])), float(np.median(times["ours"]))
+    row("tonic ToFrame       N-MNIST dtype 4k ev 34x34 n_time_bins=16", tonic_s, len(nmnist), spread(times["tonic"]))
+    row("to_frames(tonic)    N-MNIST dtype 4k ev 34x34 n_time_bins=16", ours_s, len(nmnist),
+        f"x{tonic_s / ours_s:.1f} vs tonic, medians side by side (equal); " + spread(times["ours"]))
     t_exact, _ = best_of(lambda: to_frames(events, SENSOR, n_time_bins=16), args.repeat * 10)
     row("to_frames(exact)    1M ev 128x128 n_time_bins=16", t_exact, n)
     t_ds, _ = best_of(lambda: to_frames(events, SENSOR, n_time_bins=16, out_size=(48, 48)), args.repeat * 10)

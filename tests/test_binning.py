@@ -8,6 +8,8 @@ formulas documented in ``spikingjelly.datasets.utils.cal_fixed_frames_number_seg
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -16,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tonic.transforms import ToFrame
 
-from pipeline.binning import SaturationWarning, bin_batch, bin_events, to_frames
+from pipeline.binning import SEMANTICS, SaturationWarning, bin_batch, bin_events, to_frames
 from pipeline.events import EVENT_DTYPE, make_events
 
 SENSORS = [(128, 128), (34, 20), (5, 64), (1, 1)]
@@ -405,6 +407,210 @@ def test_strided_and_aligned_event_arrays():
     for name in "xytp":
         aligned[name] = every_other[name]
     np.testing.assert_array_equal(to_frames(aligned, (34, 20, 2), n_time_bins=5, semantics="tonic"), expected)
+
+
+# ---------------------------------------------------------------------------------------------- other dtypes
+
+#: Event dtypes other libraries hand out: read without conversion (record path) unless noted.
+FOREIGN_DTYPES = {
+    "tonic DVSGesture": [("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")],
+    "int8 polarity": [("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "i1")],
+    "reordered, extra fields": [("p", "u1"), ("t", "<i8"), ("extra", "<f4"), ("y", "<u2"), ("x", "<u2")],
+    "tonic int64 (N-MNIST)": [("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")],
+    "int16 polarity, int32 t": [("t", "<i4"), ("x", "<i2"), ("y", "<i2"), ("p", "<i2")],
+    "big-endian (converted)": [("x", ">i2"), ("y", ">i2"), ("p", "?"), ("t", ">i8")],
+    "object field (strided views)": [("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8"), ("tag", "O")],
+}
+
+
+def as_dtype(events: np.ndarray, dtype) -> np.ndarray:
+    """``events`` (EVENT_DTYPE) copied field by field into a structured array of ``dtype``."""
+    out = np.zeros(len(events), dtype)
+    for name in "xytp":
+        out[name] = events[name]
+    return out
+
+
+def _stream(rng, n: int, width: int = 128, height: int = 128, duration_us: int = 10**6) -> np.ndarray:
+    return make_events(rng.integers(0, width, n), rng.integers(0, height, n), np.sort(rng.integers(0, duration_us, n)),
+                       rng.integers(0, 2, n))
+
+
+@pytest.mark.parametrize("name", list(FOREIGN_DTYPES))
+def test_foreign_dtypes_match_tonic_and_our_dtype(name):
+    """tonic's ToFrame run on the foreign array itself, and our own-dtype path, give the same frames."""
+    rng = np.random.default_rng(11)
+    ours = _stream(rng, 20_000)
+    theirs = as_dtype(ours, FOREIGN_DTYPES[name])
+    before = theirs.copy()
+    for kwargs in [dict(n_time_bins=16), dict(n_time_bins=5, overlap=0.3), dict(n_event_bins=7),
+                   dict(n_event_bins=3, overlap=0.5), dict(time_window=50_000, overlap=10_000),
+                   dict(event_count=999, overlap=100)]:
+        expected = tonic_frames(theirs, (128, 128, 2), **kwargs)
+        np.testing.assert_array_equal(to_frames(theirs, (128, 128, 2), semantics="tonic", **kwargs), expected)
+        np.testing.assert_array_equal(tonic_frames(ours, (128, 128, 2), **kwargs), expected)
+        for n_pol in (1, 2):
+            np.testing.assert_array_equal(tonic_frames(theirs, (128, 128, n_pol), **kwargs),
+                                          to_frames(theirs, (128, 128, n_pol), semantics="tonic", **kwargs))
+    for semantics in SEMANTICS:
+        modes = [dict(n_time_bins=16), dict(n_event_bins=9)]
+        if semantics != "spikingjelly":
+            modes += [dict(time_window=70_000, overlap=20_000), dict(event_count=1_234, overlap=234)]
+        for kwargs in modes:
+            for extra in [dict(), dict(out_size=(48, 40), dtype=np.uint8), dict(dtype=np.float32)]:
+                np.testing.assert_array_equal(to_frames(theirs, (128, 128, 2), semantics=semantics, **kwargs, **extra),
+                                              to_frames(ours, (128, 128, 2), semantics=semantics, **kwargs, **extra))
+    np.testing.assert_array_equal(theirs, before)  # never written into
+
+
+def test_foreign_dtype_saturation_and_layouts():
+    """Saturation is counted the same way; strided and recarray views of a foreign array read the same."""
+    rng = np.random.default_rng(12)
+    ours = _stream(rng, 30_000, 4, 3)
+    theirs = as_dtype(ours, FOREIGN_DTYPES["tonic DVSGesture"])
+    assert bin_events(theirs, (4, 3, 2), n_time_bins=2, dtype=np.uint8)[1] == bin_events(
+        ours, (4, 3, 2), n_time_bins=2, dtype=np.uint8)[1] > 0
+    expected = to_frames(ours[1::3], (4, 3, 2), n_event_bins=4)
+    np.testing.assert_array_equal(to_frames(theirs[1::3], (4, 3, 2), n_event_bins=4), expected)
+    np.testing.assert_array_equal(to_frames(theirs.view(np.recarray)[1::3], (4, 3, 2), n_event_bins=4), expected)
+
+
+@FAST
+@given(streams(max_events=300), st.sampled_from(list(FOREIGN_DTYPES)), st.sampled_from(SEMANTICS), st.data())
+def test_foreign_dtypes_property(stream, name, semantics, data):
+    """Any stream, in any of the foreign dtypes: the same frames (and saturation count) as in ours, for every
+    semantics, mode and option."""
+    events, sensor = stream
+    modes = ["n_time_bins", "n_event_bins"] + (["time_window", "event_count"] if semantics != "spikingjelly" else [])
+    mode = data.draw(st.sampled_from(modes))
+    overlap = 0
+    if mode in ("n_time_bins", "n_event_bins"):
+        value = data.draw(st.integers(1, 20))
+        if semantics == "tonic":
+            overlap = data.draw(st.sampled_from(BIN_OVERLAPS))
+    else:
+        size = _span(events) if mode == "time_window" else len(events)
+        stride = data.draw(st.integers(size // 30 + 1, size // 30 + size + 10))
+        overlap = data.draw(st.sampled_from([0, 1]) | st.integers(0, 2 * stride))
+        value = stride + overlap
+    width, height = sensor[:2]
+    out_size = data.draw(st.sampled_from([None, (height, width), (max(1, height // 3), max(1, width // 2))]))
+    kwargs = {mode: value, "overlap": overlap, "semantics": semantics, "out_size": out_size,
+              "dtype": data.draw(st.sampled_from([np.int16, np.uint8, np.float32]))}
+    frames, n_saturated = bin_events(as_dtype(events, FOREIGN_DTYPES[name]), sensor, **kwargs)
+    expected, expected_saturated = bin_events(events, sensor, **kwargs)
+    np.testing.assert_array_equal(frames, expected)
+    assert n_saturated == expected_saturated
+
+
+@pytest.mark.parametrize("name", ["tonic DVSGesture", "int8 polarity", "int16 polarity, int32 t",
+                                  "big-endian (converted)", "object field (strided views)"])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("x", -1, r"events\[2\]: x=-1 is outside the sensor width 4 \(valid 0..3\)"),
+     ("x", 4, r"events\[2\]: x=4 is outside the sensor width 4"),
+     ("y", -32768, r"events\[2\]: y=-32768 is outside the sensor height 5 \(valid 0..4\)"),
+     ("p", -1, r"events\[2\]: p=-1 is not a polarity \(valid 0, 1\)"),
+     ("p", 2, r"events\[2\]: p=2 is not a polarity"),
+     ("t", 5, r"events\[2\]: t=5 µs is earlier than the previous event's t=10")],
+)
+def test_foreign_dtypes_refuse_bad_events(good, name, field, value, message):
+    events = as_dtype(good, FOREIGN_DTYPES[name])
+    if events.dtype[field].kind == "b":  # a bool polarity is always 0 or 1
+        return
+    events[field][2] = value
+    for semantics in SEMANTICS:
+        for kwargs in [dict(n_time_bins=2), dict(n_event_bins=9)] + (
+                [dict(time_window=1), dict(event_count=100)] if semantics != "spikingjelly" else []):
+            with pytest.raises(ValueError, match=message):
+                to_frames(events, (4, 5, 2), semantics=semantics, **kwargs)
+
+
+def test_foreign_dtypes_are_not_copied():
+    """The kernels get the caller's record array itself where Numba reads its fields (the point: no copy), else
+    views of it; only another byte order is converted."""
+    from pipeline.binning import _columns, _event_source
+
+    for name, dtype in FOREIGN_DTYPES.items():
+        events = np.zeros(10, dtype)
+        source = _event_source(events, _columns(events))
+        if name.endswith("(converted)"):  # the multi-byte fields; p (one byte) is viewed as it is
+            assert [np.shares_memory(col, events) for col in source] == [False, False, False, True]
+        elif name.endswith("(strided views)"):
+            assert all(np.shares_memory(col, events) and col.base is not None for col in source)
+        else:
+            assert all(col is events for col in source)
+    with pytest.raises(ValueError, match=r"events\['x'\] must be integers \(uint16\), one per event"):
+        to_frames(np.zeros(3, [("x", "<i2", (2,)), ("y", "<i2"), ("t", "<i8"), ("p", "?")]), (4, 4, 2),
+                  n_time_bins=1)
+
+
+@pytest.mark.parametrize("name", ["tonic DVSGesture", "object field (strided views)"])
+def test_serial_and_parallel_kernels_agree(monkeypatch, name):
+    """Small samples are binned on the calling thread, large ones in parallel: the same frames, saturation
+    counts and first invalid event either way."""
+    from pipeline import binning
+
+    rng = np.random.default_rng(13)
+    events = as_dtype(_stream(rng, 30_000, 6, 5), FOREIGN_DTYPES[name])
+    cases = [dict(n_time_bins=7, semantics="tonic"), dict(n_event_bins=1, dtype=np.uint8),
+             dict(time_window=100_000, overlap=30_000, out_size=(2, 3), dtype=np.uint8)]
+    results = {}
+    for threshold in (0, 10**9):
+        monkeypatch.setattr(binning, "_PARALLEL_MIN_EVENTS", threshold)
+        results[threshold] = [bin_events(events, (6, 5, 2), **kwargs) for kwargs in cases]
+        bad = events.copy()
+        bad["y"][20_000] = 5
+        bad["x"][29_999] = -3  # later, and the last event, which tonic's n_time_bins drops
+        for kwargs in cases:
+            with pytest.raises(ValueError, match=r"events\[20000\]: y=5"):
+                bin_events(bad, (6, 5, 2), **kwargs)
+        bad["y"][20_000] = 0
+        with pytest.raises(ValueError, match=r"events\[29999\]: x=-3"):
+            bin_events(bad, (6, 5, 2), **cases[0])
+    for (serial, lost_serial), (parallel, lost_parallel) in zip(results[10**9], results[0]):
+        np.testing.assert_array_equal(serial, parallel)
+        assert lost_serial == lost_parallel
+    assert results[0][1][1] > 0  # saturation was exercised
+
+
+def test_to_frames_from_several_threads():
+    """Numba's workqueue layer aborts the process on concurrent parallel launches: to_frames from many threads
+    at once (parallel kernel forced for every size) must give the right frames, not kill the interpreter."""
+    code = (
+        "import threading, numpy as np\n"
+        "from pipeline import binning\n"
+        "from pipeline.events import make_events\n"
+        "binning._PARALLEL_MIN_EVENTS = 0\n"
+        "rng = np.random.default_rng(0)\n"
+        "ev = make_events(rng.integers(0, 34, 20000), rng.integers(0, 20, 20000),\n"
+        "                 np.sort(rng.integers(0, 10**6, 20000)), rng.integers(0, 2, 20000))\n"
+        "ref = binning.to_frames(ev, (34, 20, 2), n_time_bins=8)\n"
+        "ok = []\n"
+        "def work():\n"
+        "    for _ in range(200):\n"
+        "        ok.append(np.array_equal(binning.to_frames(ev, (34, 20, 2), n_time_bins=8), ref))\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert len(ok) == 800 and all(ok)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_uint64_fields():
+    """uint64 coordinates are read as they are (a huge one is refused); uint64 timestamps are converted after a
+    check that they fit int64."""
+    events = as_dtype(make_events([0, 1, 2], [0, 0, 0], [0, 5, 9], [0, 1, 1]),
+                      [("x", "<u8"), ("y", "<u8"), ("t", "<u8"), ("p", "<u8")])
+    np.testing.assert_array_equal(to_frames(events, (3, 1, 2), n_event_bins=1)[0, :, 0], [[1, 0, 0], [0, 1, 1]])
+    events["x"][1] = 2**64 - 1
+    with pytest.raises(ValueError, match=r"events\[1\]: x=18446744073709551615 is outside the sensor width 3"):
+        to_frames(events, (3, 1, 2), n_event_bins=1)
+    events["x"][1] = 1
+    events["t"][2] = 2**63
+    with pytest.raises(ValueError, match=r"events\[2\]: t=9223372036854775808 does not fit int64"):
+        to_frames(events, (3, 1, 2), n_event_bins=1)
 
 
 # ---------------------------------------------------------------------------------------------- batch
