@@ -858,10 +858,11 @@ def bin_batch(
     lost = np.zeros(n_samples, np.int64)
     bad = np.full(n_samples, -1, np.int64)
     if n_samples:
-        _bin_batch_kernel(
-            x, y, t, p, offsets, sensor.width, sensor.height, mode, sem, n_bins, ov, out_size is None, xmap, yoff,
-            pstride, maxval, out.reshape(n_samples, -1), lost, bad,
-        )
+        with _PARALLEL_LOCK:  # one parallel launch at a time (see _PARALLEL_LOCK); a second caller waits its turn
+            _bin_batch_kernel(
+                x, y, t, p, offsets, sensor.width, sensor.height, mode, sem, n_bins, ov, out_size is None, xmap,
+                yoff, pstride, maxval, out.reshape(n_samples, -1), lost, bad,
+            )
     failed = np.flatnonzero(bad >= 0)
     if failed.size:
         i = int(failed[0])

@@ -575,8 +575,9 @@ def test_serial_and_parallel_kernels_agree(monkeypatch, name):
 
 
 def test_to_frames_from_several_threads():
-    """Numba's workqueue layer aborts the process on concurrent parallel launches: to_frames from many threads
-    at once (parallel kernel forced for every size) must give the right frames, not kill the interpreter."""
+    """Numba's workqueue layer aborts the process on concurrent parallel launches: to_frames and bin_batch from
+    many threads at once (parallel kernel forced for every size) must give the right frames, not kill the
+    interpreter."""
     code = (
         "import threading, numpy as np\n"
         "from pipeline import binning\n"
@@ -590,7 +591,13 @@ def test_to_frames_from_several_threads():
         "def work():\n"
         "    for _ in range(200):\n"
         "        ok.append(np.array_equal(binning.to_frames(ev, (34, 20, 2), n_time_bins=8), ref))\n"
-        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "off = np.array([0, 5000, 12000, 20000])\n"
+        "bref, _ = binning.bin_batch(ev['x'], ev['y'], ev['t'], ev['p'], off, (34, 20, 2), n_time_bins=8)\n"
+        "def batch():\n"
+        "    for _ in range(100):\n"
+        "        got, _ = binning.bin_batch(ev['x'], ev['y'], ev['t'], ev['p'], off, (34, 20, 2), n_time_bins=8)\n"
+        "        ok.append(np.array_equal(got, bref))\n"
+        "threads = [threading.Thread(target=f) for f in (work, work, work, batch, batch)]\n"
         "[t.start() for t in threads]; [t.join() for t in threads]\n"
         "assert len(ok) == 800 and all(ok)\n"
     )
