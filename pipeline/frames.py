@@ -267,14 +267,17 @@ class FrameCache:
         try:
             self.attrs = read_attrs(root, self.fmt)
             check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
-            self.labels = np.asarray(root["label"][:], np.int64)
-            self.shape = tuple(root["frames"].shape)
-            lengths = {k: int(root[k].shape[0]) for k in ("recording", "window_start_us", "window_end_us")}
-            frames_dtype = str(root["frames"].dtype)
+            self.files = check_files(self.path, self.attrs) if self.fmt == "zarr" else None
+            try:
+                self.labels = np.asarray(root["label"][:], np.int64)
+                self.shape = tuple(root["frames"].shape)
+                lengths = {k: int(root[k].shape[0]) for k in ("recording", "window_start_us", "window_end_us")}
+                frames_dtype = str(root["frames"].dtype)
+            except KeyError as err:
+                raise StoreError(f"{self.path} has no array {err}: a damaged cache; rebuild it") from None
         finally:
             if self.fmt == "h5":
                 root.close()
-        self.files = check_files(self.path, self.attrs) if self.fmt == "zarr" else None
         self.pin.check()
         self._check_shape(lengths, frames_dtype)
         problems = []

@@ -894,6 +894,8 @@ class EventSplit:
             self.window_us = np.stack([np.asarray(g["window_start_us"][:]), np.asarray(g["window_end_us"][:])], 1)
             self.attrs = read_attrs(g, fmt)
             lengths = {k: int(g[k].shape[0]) for k in COLUMNS}
+        except KeyError as err:
+            raise StoreError(f"{path} split {name!r} has no array {err}: a damaged store; rebuild it") from None
         finally:
             if fmt == "h5":
                 root.close()
