@@ -13,7 +13,9 @@ Layout (a public contract; readable with plain ``zarr`` or ``h5py``)::
 ``key`` is the sha256 (first 16 hex digits) of every input that changes the bytes: the binning parameters, the
 source store's ``store_id``, the split and the format version; it is part of the file name, so a change of any
 parameter or of the source reads a different cache and never a stale one. As in the event store, HDF5
-attribute values are JSON strings.
+attribute values are JSON strings. Opening (`FrameCache`) also refuses a Zarr cache whose files are not exactly
+those written (``files``) and a cache whose arrays disagree with its attributes (``frames`` must be
+``(N, binning.T, P, H, W)`` with ``N`` labels and ``sensor_size`` ``[W, H, P]``).
 """
 
 from __future__ import annotations

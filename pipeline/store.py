@@ -22,9 +22,13 @@ Writes stream: each column is written chunk by chunk (`ShardWriter`: compression
 written in order by one I/O thread, the files zarr-python itself would write), so memory holds a few chunks per
 column, never a split. The bin stage reads the columns back the same way (`ShardedColumnReader`).
 
-Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and renamed into place only once complete, so
-a killed ingest leaves nothing that opens. `open_event_store` refuses a store of another format version or
-one not marked complete.
+Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and swapped into place only once complete
+(`atomic_output`: one ``renameat2(RENAME_EXCHANGE)``, so the path never lacks a complete product; writers of one
+folder take turns under an ``flock``), so a killed ingest leaves nothing that opens. `open_event_store` refuses a
+store of another format version, one not marked complete, and (Zarr) one whose files are not exactly those
+written (root attribute ``files``: ``{relative path: bytes}`` of every file but the root ``zarr.json``; zarr
+would read a missing chunk as zeros). A reader pins the version it opened (`_Pin`): a re-ingest that replaces
+the store while it is read makes the next read fail with "changed while it was being read", never mix versions.
 """
 
 from __future__ import annotations
@@ -704,10 +708,13 @@ class _Pin:
 
     def fd(self) -> int:
         if self._fd is None:  # a copy in another process: reopen, and refuse another version
-            fd = os.open(self.path, os.O_RDONLY) if os.path.exists(self.path) else None
-            if fd is None or (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != self.ident:
-                if fd is not None:
-                    os.close(fd)
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.changed() from None
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.ident:
+                os.close(fd)
                 raise self.changed()
             self._fd = fd
         return self._fd

@@ -396,8 +396,21 @@ def test_a_damaged_frame_cache_is_refused(intact_store, tmp_path, monkeypatch, v
         ensure_frame_cache(intact_store, "train", Binning(T=2, out_size=(16, 16)), tmp_path, progress=False)
 
 
+def test_a_product_written_before_inventories_opens_with_a_warning(intact_store, tmp_path):
+    """Format version 1 products from before the inventory still read correctly; they cannot be checked: said."""
+    import zarr
+
+    from pipeline.store import open_event_store
+
+    store = _copy(intact_store, tmp_path / "ev.zarr")
+    del zarr.open_group(store, mode="r+").attrs["files"]
+    with pytest.warns(UserWarning, match="has no file inventory"):
+        assert len(open_event_store(store)["train"]) == 22
+
+
+@pytest.mark.parametrize("cut", [1, 1000])
 @pytest.mark.parametrize("product", ["store", "cache"])
-def test_a_truncated_hdf5_product_is_refused_by_hdf5_itself(intact_store, tmp_path, product):
+def test_a_truncated_hdf5_product_is_refused_by_hdf5_itself(intact_store, tmp_path, product, cut):
     """HDF5 records the file's end-of-file address in its superblock and refuses a shorter file at open; a
     deleted dataset chunk cannot happen without rewriting the file. No inventory is needed for HDF5."""
     from pipeline.frames import Binning, ensure_frame_cache, open_frame_cache
@@ -406,7 +419,7 @@ def test_a_truncated_hdf5_product_is_refused_by_hdf5_itself(intact_store, tmp_pa
     path = _small_store(tmp_path, "h5")
     if product == "cache":
         path = ensure_frame_cache(path, "train", Binning(T=2), tmp_path / "frames", "h5", progress=False).path
-    path.write_bytes(path.read_bytes()[:-1000])
+    path.write_bytes(path.read_bytes()[:-cut])
     with pytest.raises(StoreError, match="truncated file"):
         (open_event_store if product == "store" else open_frame_cache)(path)
 
@@ -424,6 +437,9 @@ if mode in ("two-step", "kill-between"):
     store._exchange = lambda a, b: False  # a system without the exchange: two renames
 if mode == "kill-between":
     store._after_swap_hook = lambda: os._exit(9)  # killed after old -> .old-<pid>, before new -> path
+if len(sys.argv) > 4:  # concurrent writers: every rename takes 20 ms more, so the two swaps surely overlap
+    real_replace = os.replace
+    os.replace = lambda a, b: (real_replace(a, b), time.sleep(0.02))[0]
 if mode == "kill-after-exchange":
     real = store.remove_path
     store.remove_path = lambda p: os._exit(9) if p.name.endswith(f".tmp-{os.getpid()}") else real(p)
@@ -459,7 +475,7 @@ def test_concurrent_writers_of_one_product_both_succeed(tmp_path, mode):
 
     path = tmp_path / "product"
     assert _write_product(path, "old", mode).wait() == 0
-    for round_ in range(3):
+    for round_ in range(2):
         go = tmp_path / f"go{round_}"
         procs = [_write_product(path, f"w{k}", mode, go) for k in range(2)]
         while not all(Path(f"{go}.w{k}").exists() for k in range(2)):
