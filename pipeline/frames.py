@@ -330,7 +330,9 @@ class FrameCache:
     def frames(self):
         """The lazy ``(N, T, P, H, W)`` array (zarr array or h5py dataset)."""
         if self._frames is None:
-            self._frames = open_node(self.path, self.fmt)["frames"]
+            frames = open_node(self.path, self.fmt)["frames"]
+            self.pin.check()  # HDF5: the handle now holds the version opened; Zarr: see `read_all`
+            self._frames = frames
         return self._frames
 
     def __len__(self) -> int:
