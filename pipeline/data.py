@@ -116,7 +116,7 @@ class CacheView:
     def frames(self, i: int) -> np.ndarray:
         if self.in_memory:
             if self._ram is None:
-                self._ram = np.asarray(self.cache.frames[:])
+                self._ram = self.cache.read_all()
             return self._ram[i]
         return self.cache.sample(i)
 

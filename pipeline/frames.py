@@ -8,12 +8,14 @@ Layout (a public contract; readable with plain ``zarr`` or ``h5py``)::
         attrs: format = "tssd-frame-cache", format_version, complete, key, dataset, split, classes,
                sensor_size [W, H, P] of the frames, binning {T, by, semantics, out_size, dtype, overlap},
                source {store_id, path, split}, saturated (total increments lost to dtype saturation),
-               saturated_samples
+               saturated_samples, files {relative path: bytes} (Zarr: every file written but the root zarr.json)
 
 ``key`` is the sha256 (first 16 hex digits) of every input that changes the bytes: the binning parameters, the
 source store's ``store_id``, the split and the format version; it is part of the file name, so a change of any
 parameter or of the source reads a different cache and never a stale one. As in the event store, HDF5
-attribute values are JSON strings.
+attribute values are JSON strings. Opening (`FrameCache`) also refuses a Zarr cache whose files are not exactly
+those written (``files``) and a cache whose arrays disagree with its attributes (``frames`` must be
+``(N, binning.T, P, H, W)`` with ``N`` labels and ``sensor_size`` ``[W, H, P]``).
 """
 
 from __future__ import annotations
@@ -35,12 +37,16 @@ from zarr.codecs import BloscCodec
 from pipeline.binning import bin_batch
 from pipeline.events import SensorSize
 from pipeline.store import (
+    FILES_ATTR,
     EventSplit,
     ShardWriter,
     StoreError,
+    _Pin,
     atomic_output,
+    check_files,
     check_header,
     default_threads,
+    list_files,
     open_event_store,
     open_node,
     read_attrs,
@@ -231,8 +237,11 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
                 "dataset": store_attrs["dataset"], "split": split.name, "classes": store_attrs["classes"],
                 "sensor_size": list(fs), "binning": binning.as_dict(),
                 "source": {"store_id": store_attrs["store_id"], "path": str(split.path), "split": split.name},
-                "saturated": sat_total, "saturated_samples": sat_samples, "complete": True,
+                "saturated": sat_total, "saturated_samples": sat_samples,
             }
+            if fmt == "zarr":  # every file written (the root zarr.json aside): checked on open
+                attrs[FILES_ATTR] = list_files(tmp)
+            attrs["complete"] = True  # the last attribute written
             write_attrs(root, fmt, attrs)
         except BaseException:
             if writer is not None:
@@ -247,21 +256,32 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
 class FrameCache:
     """An opened, validated frame cache: ``frames`` (lazy array), ``labels``, ``attrs``.
 
+    Opening refuses a cache that is incomplete, of another format version, (Zarr) whose files are not exactly
+    those written, whose arrays disagree with its attributes, or built from other parameters or another source.
     Handles open lazily and are dropped on pickling (DataLoader-worker safe).
     """
 
     def __init__(self, path: str | Path, binning: Binning | None = None, store_id: str | None = None):
         self.path = Path(path)
         self.fmt = store_format(self.path)
+        self.pin = _Pin(self.path)
         root = open_node(self.path, self.fmt)
         try:
             self.attrs = read_attrs(root, self.fmt)
             check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
-            self.labels = np.asarray(root["label"][:], np.int64)
-            self.shape = tuple(root["frames"].shape)
+            self.files = check_files(self.path, self.attrs) if self.fmt == "zarr" else None
+            try:
+                self.labels = np.asarray(root["label"][:], np.int64)
+                self.shape = tuple(root["frames"].shape)
+                lengths = {k: int(root[k].shape[0]) for k in ("recording", "window_start_us", "window_end_us")}
+                frames_dtype = str(root["frames"].dtype)
+            except KeyError as err:
+                raise StoreError(f"{self.path} has no array {err}: a damaged cache; rebuild it") from None
         finally:
             if self.fmt == "h5":
                 root.close()
+        self.pin.check()
+        self._check_shape(lengths, frames_dtype)
         problems = []
         if binning is not None and self.attrs["binning"] != binning.as_dict():
             problems.append(f"binning {self.attrs['binning']} != requested {binning.as_dict()}")
@@ -270,7 +290,24 @@ class FrameCache:
         if problems:
             raise StoreError(f"{self.path} does not match what was asked: " + "; ".join(problems))
         self._frames = None
-        self._shards = _ShardReader.for_cache(self.path) if self.fmt == "zarr" else None
+        self._shards = _ShardReader.for_cache(self.path, self.pin, self.files) if self.fmt == "zarr" else None
+
+    def _check_shape(self, lengths: dict[str, int], frames_dtype: str) -> None:
+        """``frames`` must be (N, T, P, H, W) with N the labels', T the binning's, (P, H, W) the sensor's."""
+        b, (w, h, pol) = self.attrs["binning"], self.attrs["sensor_size"]
+        expected = (len(self.labels), b["T"], pol, h, w)
+        problems = []
+        if self.shape != expected:
+            problems.append(f"frames has shape {self.shape}, the attributes say (N, T, P, H, W) = {expected} "
+                            f"(binning.T = {b['T']}, sensor_size [W, H, P] = {[w, h, pol]}, "
+                            f"{len(self.labels)} labels)")
+        if frames_dtype != b["dtype"]:
+            problems.append(f"frames are {frames_dtype}, the attributes say binning.dtype = {b['dtype']}")
+        bad = {k: v for k, v in lengths.items() if v != len(self.labels)}
+        if bad:
+            problems.append(f"{bad} disagree with the {len(self.labels)} labels")
+        if problems:
+            raise StoreError(f"{self.path} is inconsistent: " + "; ".join(problems) + "; rebuild it")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_frames": None}
@@ -282,11 +319,20 @@ class FrameCache:
             return self._shards.read(i)
         return np.asarray(self.frames[i])
 
+    def read_all(self) -> np.ndarray:
+        """Every sample, ``(N, T, P, H, W)``, in RAM (from the version opened, or a StoreError saying it changed)."""
+        out = np.asarray(self.frames[:])
+        if self.fmt == "zarr":  # zarr-python opened the files by path
+            self.pin.check()
+        return out
+
     @property
     def frames(self):
         """The lazy ``(N, T, P, H, W)`` array (zarr array or h5py dataset)."""
         if self._frames is None:
-            self._frames = open_node(self.path, self.fmt)["frames"]
+            frames = open_node(self.path, self.fmt)["frames"]
+            self.pin.check()  # HDF5: the handle now holds the version opened; Zarr: see `read_all`
+            self._frames = frames
         return self._frames
 
     def __len__(self) -> int:
@@ -309,12 +355,15 @@ class _ShardReader:
 
     _MISSING = np.uint64(2**64 - 1)
 
-    def __init__(self, root: Path, shard: int, n: int, sample_shape: tuple[int, ...], dtype: np.dtype):
+    def __init__(self, root: Path, shard: int, n: int, sample_shape: tuple[int, ...], dtype: np.dtype,
+                 pin: _Pin | None = None, listed: set[str] | None = None):
         self.root, self.shard, self.n, self.sample_shape, self.dtype = root, shard, n, sample_shape, dtype
+        self.pin, self.listed = pin, listed
         self._index: dict[int, np.ndarray] = {}
 
     @classmethod
-    def for_cache(cls, path: Path) -> "_ShardReader | None":
+    def for_cache(cls, path: Path, pin: _Pin | None = None,
+                  files: dict[str, int] | None = None) -> "_ShardReader | None":
         meta_path = path / "frames" / "zarr.json"
         try:
             meta = json.loads(meta_path.read_text())
@@ -334,21 +383,41 @@ class _ShardReader:
         if not ok:
             return None
         shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        listed = None if files is None else {f for f in files if f.startswith("frames/c/")}
         return cls(path / "frames", shard, int(meta["shape"][0]), tuple(meta["shape"][1:]),
-                   np.dtype(meta["data_type"]).newbyteorder("<"))
+                   np.dtype(meta["data_type"]).newbyteorder("<"), pin, listed)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_index": {}}
 
+    def _open_shard(self, s: int) -> int | None:
+        """A descriptor on shard file ``s`` of the version opened, or None for a shard that was not written (zarr
+        writes no shard whose chunks are all fill values); a listed shard that is gone is a StoreError."""
+        rel = f"frames/c/{s}/0/0/0/0"
+        try:
+            return self.pin.open_file(rel) if self.pin is not None else os.open(self.root.parent / rel, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.listed is None or rel not in self.listed:
+                return None
+            if self.pin is not None:
+                self.pin.check()
+            raise StoreError(f"{self.root.parent / rel} is missing (the cache lists it): a damaged cache; "
+                             "rebuild it") from None
+
     def _shard_index(self, s: int) -> np.ndarray:
         if s not in self._index:
-            path = self.root / "c" / str(s) / "0" / "0" / "0" / "0"
-            if not path.exists():  # zarr writes no shard whose chunks are all fill values
+            fd = self._open_shard(s)
+            if fd is None:
                 self._index[s] = np.full((self.shard, 2), self._MISSING, np.uint64)
             else:
-                with open(path, "rb") as f:
-                    f.seek(-(16 * self.shard + 4), os.SEEK_END)
-                    self._index[s] = np.frombuffer(f.read(16 * self.shard), "<u8").reshape(self.shard, 2)
+                try:
+                    size = os.fstat(fd).st_size
+                    raw = os.pread(fd, 16 * self.shard, max(0, size - (16 * self.shard + 4)))
+                finally:
+                    os.close(fd)
+                if len(raw) != 16 * self.shard:
+                    raise StoreError(f"{self.root}/c/{s}: shard file too short for its index (a damaged cache)")
+                self._index[s] = np.frombuffer(raw, "<u8").reshape(self.shard, 2)
         return self._index[s]
 
     def read(self, i: int) -> np.ndarray:
@@ -358,8 +427,15 @@ class _ShardReader:
         offset, nbytes = self._shard_index(s)[j]
         if offset == self._MISSING:  # an all-zero chunk is not stored: the fill value
             return np.zeros(self.sample_shape, self.dtype)
-        with open(self.root / "c" / str(s) / "0" / "0" / "0" / "0", "rb") as f:
-            raw = os.pread(f.fileno(), int(nbytes), int(offset))
+        fd = self._open_shard(s)
+        if fd is None:
+            if self.pin is not None:
+                self.pin.check()
+            raise StoreError(f"{self.root}/c/{s} disappeared while it was being read")
+        try:
+            raw = os.pread(fd, int(nbytes), int(offset))
+        finally:
+            os.close(fd)
         return np.frombuffer(blosc.decompress(raw), self.dtype).reshape(self.sample_shape)
 
 

@@ -22,17 +22,26 @@ Writes stream: each column is written chunk by chunk (`ShardWriter`: compression
 written in order by one I/O thread, the files zarr-python itself would write), so memory holds a few chunks per
 column, never a split. The bin stage reads the columns back the same way (`ShardedColumnReader`).
 
-Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and renamed into place only once complete, so
-a killed ingest leaves nothing that opens. `open_event_store` refuses a store of another format version or
-one not marked complete.
+Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and swapped into place only once complete
+(`atomic_output`: one ``renameat2(RENAME_EXCHANGE)``, so the path never lacks a complete product; writers of one
+folder take turns under an ``flock``), so a killed ingest leaves nothing that opens. `open_event_store` refuses a
+store of another format version, one not marked complete, and (Zarr) one whose files are not exactly those
+written (root attribute ``files``: ``{relative path: bytes}`` of every file but the root ``zarr.json``; zarr
+would read a missing chunk as zeros). A reader pins the version it opened (`_Pin`): a re-ingest that replaces
+the store while it is read makes the next read fail with "changed while it was being read", never mix versions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +54,11 @@ import zarr
 from numcodecs import blosc
 from zarr.codecs import BloscCodec
 from zarr.storage import LocalStore
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from pipeline.events import EVENT_DTYPE, SensorSize
 
@@ -99,32 +113,105 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_libc_renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one atomic step (Linux ``renameat2(..., RENAME_EXCHANGE)``): at every
+    instant each name holds one complete tree. False where the OS or the filesystem cannot exchange."""
+    global _libc_renameat2
+    if _libc_renameat2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _libc_renameat2 = fn
+        except (AttributeError, OSError):  # not Linux, or a libc without renameat2 (glibc < 2.28)
+            _libc_renameat2 = False
+    if _libc_renameat2 is False:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if _libc_renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):  # kernel / filesystem cannot
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive ``flock`` on the folder itself, held by the writers of products in it (not by readers) across
+    the swap and the clean-up of temporaries: concurrent writers of one product publish one after the other. No
+    lock file is created (a DVC output folder stays exactly the products)."""
+    if fcntl is None:  # pragma: no cover - Windows: no flock; the swap still never leaves a partial product
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _after_swap_hook() -> None:
+    """Called between the steps of a two-step (non-exchange) swap; tests replace it to simulate a kill there."""
+
+
 class atomic_output:
-    """Context manager yielding a temporary sibling path; on success it replaces ``path`` (file or directory),
-    on failure it is removed. Temporaries left by killed runs (their pid is gone) are cleared on entry; those of
-    live processes are left alone."""
+    """Context manager yielding a temporary sibling path ``<path>.tmp-<pid>``; on success it replaces ``path``
+    (file or directory), on failure it is removed.
+
+    Publishing never leaves a moment without a complete product: a file is ``os.replace``d; a directory is
+    exchanged with the old one in one ``renameat2(RENAME_EXCHANGE)`` step (Linux), then the old one, now under the
+    temporary name, is deleted. Where the exchange is not available the swap takes two renames (old ->
+    ``<path>.old-<pid>``, new -> ``path``). Writers of products in one folder hold an ``flock`` on that folder
+    across the swap and the clean-up, so concurrent writers of the same product each publish in turn and the last
+    one's complete product stays. On entry (under that lock), leftovers of dead processes are cleared:
+    ``.tmp-<pid>`` is removed; ``.old-<pid>`` (a kill between the two renames) is renamed back to ``path`` when
+    ``path`` is missing, removed otherwise. Temporaries of live processes are left alone."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
 
+    def _clear_stale(self) -> None:
+        for kind in ("old", "tmp"):  # old first: a stranded previous product is restored before temporaries go
+            for stale in sorted(self.path.parent.glob(f"{glob.escape(self.path.name)}.{kind}-*")):
+                pid = stale.name.rsplit("-", 1)[-1]
+                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    continue
+                if kind == "old" and not os.path.lexists(self.path):
+                    os.replace(stale, self.path)
+                else:
+                    remove_path(stale)
+
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f"{self.path.name}.tmp-*"):
-            pid = stale.name.rsplit("-", 1)[-1]
-            if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
-                remove_path(stale)
+        with _locked(self.path.parent):
+            self._clear_stale()
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             remove_path(self.tmp)
             return
+        with _locked(self.path.parent):
+            self._publish()
+        remove_path(self.tmp)  # the replaced product, if there was one (outside the lock: it may be large)
+
+    def _publish(self) -> None:
+        if not self.tmp.is_dir() or not os.path.lexists(self.path):
+            os.replace(self.tmp, self.path)  # a file, or a directory onto nothing: one atomic step
+            return
+        if _exchange(self.tmp, self.path):
+            return
         old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
-        if self.path.exists():
-            os.replace(self.path, old)
+        os.replace(self.path, old)
+        _after_swap_hook()
         os.replace(self.tmp, self.path)
-        remove_path(old)
+        os.replace(old, self.tmp)
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -501,7 +588,9 @@ class EventStoreWriter:
         """Write root attributes and mark the store complete (the last write before the rename)."""
         self._sink.set_attrs(self._sink.root, {**attrs, "format": FORMAT, "format_version": FORMAT_VERSION,
                                                "splits": list(self._splits)})
-        self._sink.set_attrs(self._sink.root, {"complete": True})
+        files = list_files(self._atomic.tmp) if self.fmt == "zarr" else None
+        self._sink.set_attrs(self._sink.root, {FILES_ATTR: files, "complete": True} if files is not None
+                             else {"complete": True})
         self._finished = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -548,6 +637,103 @@ def open_node(path: Path, fmt: str):
         raise StoreError(f"{path} cannot be opened as a {fmt} store: {err}") from err
 
 
+#: Root attribute of a Zarr product (event store, frame cache): ``{relative path: size in bytes}`` of every file
+#: written into it except the root ``zarr.json`` (which holds this list). Checked on open (`check_files`).
+FILES_ATTR = "files"
+
+
+def list_files(root: Path) -> dict[str, int]:
+    """``{relative path: size}`` of every file under the directory ``root`` except its own ``zarr.json`` (one walk
+    and a stat per file: tens to a few thousand files, no data read)."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if rel != "zarr.json":
+                out[rel] = os.stat(full).st_size
+    return dict(sorted(out.items()))
+
+
+def check_files(path: Path, attrs: dict) -> dict[str, int] | None:
+    """Refuse a Zarr product whose files are not exactly those written (attribute ``files``): a missing file
+    (zarr would read it as the fill value, zeros), one of another size, or one that was not written. Returns the
+    inventory, or None for a product written before inventories existed (nothing to check against: warned)."""
+    expected = attrs.get(FILES_ATTR)
+    if expected is None:
+        warnings.warn(f"{path} has no file inventory (written before it was recorded), so a missing chunk file "
+                      "cannot be detected: rebuild it to get the check", stacklevel=3)
+        return None
+    found = list_files(path)
+    problems = [f"{rel} is missing" for rel in expected if rel not in found]
+    problems += [f"{rel} has {found[rel]} bytes, {size} when written" for rel, size in expected.items()
+                 if rel in found and found[rel] != size]
+    problems += [f"{rel} was not written with it" for rel in found if rel not in expected]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreError(f"{path} is damaged: " + "; ".join(problems[:3]) + more +
+                         f" ({len(expected)} files were written); rebuild it")
+    return expected
+
+
+class _Pin:
+    """The version of a product a reader opened: the ``(st_dev, st_ino)`` of its path at open time, and an open
+    descriptor on it (which keeps that inode, even once replaced and deleted, from being reused while the reader
+    lives). Shard files are opened relative to the descriptor, so a reader never mixes two versions: after a
+    re-ingest replaced the store, `check` (and every read of a file the replacement deleted) raises a StoreError
+    saying the store changed. Pickling drops the descriptor; the copy reopens the path and refuses another inode."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreError(f"{path} does not exist") from None
+        st = os.fstat(self._fd)
+        self.ident = (st.st_dev, st.st_ino)
+
+    def changed(self) -> StoreError:
+        return StoreError(f"{self.path} changed while it was being read (replaced by another write, e.g. a "
+                          "concurrent ingest): nothing read after the change was used; run again")
+
+    def check(self) -> None:
+        """Raise `changed` unless ``path`` is still the version opened."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise self.changed() from None
+        if (st.st_dev, st.st_ino) != self.ident:
+            raise self.changed()
+
+    def fd(self) -> int:
+        if self._fd is None:  # a copy in another process: reopen, and refuse another version
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise self.changed() from None
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self.ident:
+                os.close(fd)
+                raise self.changed()
+            self._fd = fd
+        return self._fd
+
+    def open_file(self, rel: str) -> int:
+        """A descriptor on file ``rel`` of the pinned version (caller closes it); FileNotFoundError if it is gone."""
+        return os.open(rel, os.O_RDONLY, dir_fd=self.fd())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
 class ShardedColumnReader:
     """Reads rows ``[a, b)`` of a 1-D sharded Zarr v3 column straight from its shard files: one ``pread`` and one
     Blosc decompression per inner chunk, into the destination array (no intermediate copy for whole chunks),
@@ -558,18 +744,26 @@ class ShardedColumnReader:
     with inner ``bytes(little) -> blosc``, index ``bytes -> crc32c`` at the end (verified on first use of each
     shard), default chunk keys ``c/<shard>``, fill value 0. A test checks it against zarr-python.
     Why: zarr-python decodes into its own buffers and copies them out, ~2x the work on the bin stage's reads.
+
+    With ``pin`` (the store's `_Pin`) and ``rel`` (the column's path in the store), shard files are opened relative
+    to the store version that was opened; with ``listed`` (the shard files the store's inventory lists, relative
+    to the column), a listed shard that is gone is a StoreError (deleted, or the store was replaced), and only
+    an unlisted one reads as the fill value (a shard of zeros is not written).
     """
 
     _MISSING = 2**64 - 1
 
-    def __init__(self, root: Path, n: int, chunk: int, shard: int, dtype: np.dtype):
+    def __init__(self, root: Path, n: int, chunk: int, shard: int, dtype: np.dtype, pin: "_Pin | None" = None,
+                 rel: str = "", listed: "set[str] | None" = None):
         self.root, self.n, self.chunk, self.shard, self.dtype = root, n, chunk, shard, dtype
+        self.pin, self.rel, self.listed = pin, rel, listed
         self.per_shard = shard // chunk
         self._index: dict[int, np.ndarray] = {}
         self._cache: tuple[int, Any] | None = None  # (chunk number, future of its decompressed rows)
 
     @classmethod
-    def open(cls, path: Path) -> "ShardedColumnReader | None":
+    def open(cls, path: Path, pin: "_Pin | None" = None, rel: str = "",
+             listed: "set[str] | None" = None) -> "ShardedColumnReader | None":
         try:
             meta = json.loads((path / "zarr.json").read_text())
             (codec,) = meta["codecs"]
@@ -586,7 +780,8 @@ class ShardedColumnReader:
             return None
         if not ok or chunk <= 0 or shard % chunk:
             return None
-        return cls(path, int(meta["shape"][0]), chunk, shard, np.dtype(meta["data_type"]).newbyteorder("<"))
+        return cls(path, int(meta["shape"][0]), chunk, shard, np.dtype(meta["data_type"]).newbyteorder("<"),
+                   pin, rel, listed)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_index": {}, "_cache": None}
@@ -594,17 +789,35 @@ class ShardedColumnReader:
     def _shard_path(self, s: int) -> Path:
         return self.root / "c" / str(s)
 
+    def _open_shard(self, s: int) -> int | None:
+        """A descriptor on shard file ``s`` (caller closes it), or None for a shard that was not written."""
+        try:
+            if self.pin is not None:
+                return self.pin.open_file(f"{self.rel}/c/{s}")
+            return os.open(self._shard_path(s), os.O_RDONLY)
+        except FileNotFoundError:
+            if self.listed is None or f"c/{s}" not in self.listed:
+                return None  # not written: every chunk in it is the fill value
+            if self.pin is not None:
+                self.pin.check()  # replaced by another write: say so
+            raise StoreError(f"{self._shard_path(s)} is missing (the store lists it): a damaged store; "
+                             "rebuild it") from None
+
     def _shard_index(self, s: int) -> np.ndarray:
         if s not in self._index:
-            path = self._shard_path(s)
-            if not path.exists():  # no shard file: every chunk in it is the fill value
+            fd = self._open_shard(s)
+            if fd is None:
                 self._index[s] = np.full((self.per_shard, 2), self._MISSING, np.uint64)
             else:
-                with open(path, "rb") as f:
-                    f.seek(-(16 * self.per_shard + 4), os.SEEK_END)
-                    raw = f.read(16 * self.per_shard + 4)
-                if np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
-                    raise StoreError(f"{path}: shard index checksum mismatch (a damaged store); rebuild it")
+                try:
+                    size = os.fstat(fd).st_size
+                    raw = os.pread(fd, 16 * self.per_shard + 4, max(0, size - (16 * self.per_shard + 4)))
+                finally:
+                    os.close(fd)
+                if len(raw) != 16 * self.per_shard + 4 or \
+                        np.uint32(google_crc32c.value(raw[:-4])).astype("<u4").tobytes() != raw[-4:]:
+                    raise StoreError(f"{self._shard_path(s)}: shard index checksum mismatch (a damaged store); "
+                                     "rebuild it")
                 self._index[s] = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
         return self._index[s]
 
@@ -615,8 +828,15 @@ class ShardedColumnReader:
         if offset == self._MISSING:
             dest[:] = 0
             return dest
-        with open(self._shard_path(s), "rb") as f:
-            raw = os.pread(f.fileno(), int(nbytes), int(offset))
+        fd = self._open_shard(s)
+        if fd is None:  # the index was read, so the file existed: it went away since
+            if self.pin is not None:
+                self.pin.check()
+            raise StoreError(f"{self._shard_path(s)} disappeared while it was being read")
+        try:
+            raw = os.pread(fd, int(nbytes), int(offset))
+        finally:
+            os.close(fd)
         blosc.decompress(raw, dest)
         return dest
 
@@ -663,12 +883,16 @@ class EventSplit:
     """One split of an event store: ``len(split)``, ``split[i] -> (events, label)``.
 
     ``events`` is a structured array with tonic's field names (x, y, t, p), so tonic transforms apply directly.
-    Handles are opened lazily and dropped on pickling, so a split is safe to use in DataLoader workers.
+    Handles are opened lazily and dropped on pickling, so a split is safe to use in DataLoader workers. Every read
+    comes from the version of the store that was opened (`_Pin`), or fails with a StoreError saying it changed.
     """
 
-    def __init__(self, path: Path, fmt: str, name: str):
+    def __init__(self, path: Path, fmt: str, name: str, pin: _Pin | None = None,
+                 files: dict[str, int] | None = None):
         self.path, self.fmt, self.name = path, fmt, name
-        root = open_node(path, fmt)
+        self.pin = pin or _Pin(path)
+        self.files = files
+        root = self._open_root()
         try:
             g = root[name]
             self.offsets = np.asarray(g["offsets"][:], np.int64)
@@ -676,17 +900,53 @@ class EventSplit:
             self.recording = np.asarray(g["recording"][:], np.int64)
             self.window_us = np.stack([np.asarray(g["window_start_us"][:]), np.asarray(g["window_end_us"][:])], 1)
             self.attrs = read_attrs(g, fmt)
+            lengths = {k: int(g[k].shape[0]) for k in COLUMNS}
+        except KeyError as err:
+            raise StoreError(f"{path} split {name!r} has no array {err}: a damaged store; rebuild it") from None
         finally:
             if fmt == "h5":
                 root.close()
+        self.pin.check()  # everything above came from the version pinned
+        self._check_shapes(lengths)
         self._group = None
+
+    def _open_root(self):
+        root = open_node(self.path, self.fmt)
+        try:
+            self.pin.check()
+        except StoreError:
+            if self.fmt == "h5":
+                root.close()
+            raise
+        return root
+
+    def _check_shapes(self, lengths: dict[str, int]) -> None:
+        """The arrays must agree with each other and with the split's attributes (a cheap check, no data read)."""
+        n, off = len(self.labels), self.offsets
+        problems = []
+        if len(off) != n + 1 or len(self.recording) != n or len(self.window_us) != n:
+            problems.append(f"offsets has {len(off)} entries, label {n}, recording {len(self.recording)}, "
+                            f"windows {len(self.window_us)} (expected N + 1, N, N, N)")
+        elif n and (off[0] != 0 or np.any(off[1:] < off[:-1])):
+            problems.append("offsets do not start at 0 and never decrease")
+        if self.attrs.get("n_samples", n) != n:
+            problems.append(f"attrs say n_samples = {self.attrs['n_samples']}, the arrays hold {n}")
+        total = int(off[-1]) if len(off) else 0
+        if self.attrs.get("n_events", total) != total:
+            problems.append(f"attrs say n_events = {self.attrs['n_events']}, offsets end at {total}")
+        bad = {k: v for k, v in lengths.items() if v != total}
+        if bad:
+            problems.append(f"columns {bad} do not hold the {total} events offsets index")
+        if problems:
+            raise StoreError(f"{self.path} split {self.name!r} is inconsistent: " + "; ".join(problems) +
+                             "; rebuild it")
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_group": None}
 
     def _cols(self):
         if self._group is None:
-            self._group = open_node(self.path, self.fmt)[self.name]
+            self._group = self._open_root()[self.name]
         return self._group
 
     def __len__(self) -> int:
@@ -696,7 +956,11 @@ class EventSplit:
         """Direct shard readers for x, y, t, p (Zarr stores in the layout `ShardWriter` writes), else None."""
         if self.fmt != "zarr":
             return None
-        readers = {k: ShardedColumnReader.open(self.path / self.name / k) for k in COLUMNS}
+        readers = {}
+        for k in COLUMNS:
+            rel = f"{self.name}/{k}"
+            listed = None if self.files is None else {f[len(rel) + 1:] for f in self.files if f.startswith(rel + "/")}
+            readers[k] = ShardedColumnReader.open(self.path / rel, self.pin, rel, listed)
         if any(r is None or r.n != self.offsets[-1] for r in readers.values()):
             return None
         return readers
@@ -704,7 +968,10 @@ class EventSplit:
     def event_slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Columns x, y, t, p for event rows [start, stop) of the split."""
         g = self._cols()
-        return {k: np.asarray(g[k][start:stop]) for k in COLUMNS}
+        out = {k: np.asarray(g[k][start:stop]) for k in COLUMNS}
+        if self.fmt == "zarr":  # zarr-python opens files by path: make sure they were the pinned version's
+            self.pin.check()
+        return out
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         n = len(self)
@@ -724,11 +991,15 @@ class EventSplit:
 
 
 class EventStore:
-    """An opened event store: ``store.attrs``, ``store.splits``, ``store[split] -> EventSplit``."""
+    """An opened event store: ``store.attrs``, ``store.splits``, ``store[split] -> EventSplit``.
+
+    Opening checks the format, the version, the ``complete`` flag and (Zarr) that the files are exactly those
+    written (`check_files`); every split then reads the version opened, or fails saying the store changed."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.fmt = store_format(self.path)
+        self.pin = _Pin(self.path)
         root = open_node(self.path, self.fmt)
         try:
             self.attrs = read_attrs(root, self.fmt)
@@ -736,6 +1007,8 @@ class EventStore:
             if self.fmt == "h5":
                 root.close()
         check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
+        self.files = check_files(self.path, self.attrs) if self.fmt == "zarr" else None
+        self.pin.check()  # the attributes and the files checked are those of the version pinned
         self.sensor_size = SensorSize.of(self.attrs["sensor_size"])
         self.splits: list[str] = list(self.attrs["splits"])
         self.store_id: str = self.attrs["store_id"]
@@ -745,7 +1018,7 @@ class EventStore:
         if split not in self.splits:
             raise KeyError(f"{self.path} has no split {split!r}; splits: {self.splits}")
         if split not in self._cache:
-            self._cache[split] = EventSplit(self.path, self.fmt, split)
+            self._cache[split] = EventSplit(self.path, self.fmt, split, self.pin, self.files)
         return self._cache[split]
 
 

@@ -5,8 +5,10 @@ Every refusal names the file and the row/offset or the key at fault, and happens
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -300,3 +302,327 @@ def test_training_on_an_empty_split_is_refused(tmp_path, capsys):
     assert _train_one_epoch(store, tmp_path / "run", tmp_path / "frames") == 1
     assert "the train split has no samples" in capsys.readouterr().err
     assert not (tmp_path / "frames").exists()
+
+
+# ------------------------------------------------------------------------------------------- damaged products
+# A deleted or truncated chunk/shard file reads back through zarr as the fill value (zeros); every Zarr product
+# lists the files it was written with (attrs["files"], {path: bytes}) and opening checks them.
+SMALL_SHARDS = dict(chunk_events=256, shard_events=1024)  # several shard files per column
+
+
+def _small_store(tmp_path: Path, fmt: str = "zarr", seed: int = 0, name: str = "ev") -> Path:
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import ingest
+
+    out = tmp_path / f"{name}.{'zarr' if fmt == 'zarr' else 'h5'}"
+    tree = make_gesture_tree(tmp_path / f"raw-{name}-{seed}", seed=seed, n_events=3000)
+    ingest(get_spec("dvs_gesture"), tree.root, out, IngestConfig(format=fmt, **SMALL_SHARDS), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def intact_store(tmp_path_factory) -> Path:
+    return _small_store(tmp_path_factory.mktemp("intact"))
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst) if src.is_dir() else shutil.copy(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda s: (s / "train/t/c/1").unlink(), "train/t/c/1 is missing"),
+    (lambda s: (s / "train/x/c/2").write_bytes((s / "train/x/c/2").read_bytes()[:-7]),
+     r"train/x/c/2 has 1261 bytes, 1268 when written"),
+    (lambda s: (s / "test/recording/c").mkdir() or (s / "test/recording/c/0").write_bytes(b"\0" * 8),
+     "test/recording/c/0 was not written with it"),
+])
+def test_a_damaged_event_store_is_refused_and_no_cache_is_built_from_it(intact_store, tmp_path, damage, match):
+    """The attack: delete/truncate a shard (zarr reads zeros there) or add one; exit 0 and zeros was the result."""
+    import zarr
+
+    from pipeline.frames import Binning, ensure_frame_cache
+    from pipeline.store import StoreError, open_event_store
+
+    store = _copy(intact_store, tmp_path / "ev.zarr")
+    damage(store)
+    if "missing" in match:  # what plain zarr does with the hole: the fill value, silently
+        assert not zarr.open_group(store, mode="r")["train/t"][1024:2048].any()
+    with pytest.raises(StoreError, match=match):
+        open_event_store(store)
+    with pytest.raises(StoreError, match=match):
+        ensure_frame_cache(store, "train", Binning(T=2), tmp_path / "frames", progress=False)
+    assert not (tmp_path / "frames").exists()
+
+
+def test_a_chunk_of_zeros_is_legitimately_absent(intact_store):
+    """Zarr and ShardWriter write no chunk/shard that is all fill value: its absence is what was written."""
+    from pipeline.store import open_event_store
+
+    store = open_event_store(intact_store)
+    assert not (intact_store / "test/recording/c/0").exists() and "test/recording/c/0" not in store.files
+    assert not store["test"].recording.any() and len(store["test"]) == 11
+
+
+def test_a_shard_deleted_after_open_is_refused_by_the_reader(intact_store, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.store import StoreError, open_event_store
+
+    store = _copy(intact_store, tmp_path / "ev.zarr")
+    split = open_event_store(store)["train"]
+    readers = split.column_readers()
+    (store / "train/p/c/3").unlink()
+    with ThreadPoolExecutor(1) as pool, pytest.raises(StoreError, match=r"train/p/c/3 is missing \(the store lists"):
+        readers["p"].start(0, int(split.offsets[-1]), pool).result()
+
+
+@pytest.mark.parametrize("victim, match", [("frames/c/1/0/0/0/0", "is missing"), ("label/c/0", "is missing"),
+                                            ("frames/zarr.json", "frames/zarr.json is missing")])
+def test_a_damaged_frame_cache_is_refused(intact_store, tmp_path, monkeypatch, victim, match):
+    import pipeline.frames as frames_mod
+    from pipeline.frames import Binning, ensure_frame_cache, open_frame_cache
+    from pipeline.store import StoreError
+
+    monkeypatch.setattr(frames_mod, "SHARD_SAMPLES", 8)  # several shards for 22 samples
+    cache = ensure_frame_cache(intact_store, "train", Binning(T=2, out_size=(16, 16)), tmp_path, progress=False)
+    assert (cache.path / "frames/c/2/0/0/0/0").exists()
+    (cache.path / victim).unlink()
+    with pytest.raises(StoreError, match=match):
+        open_frame_cache(cache.path)
+    with pytest.raises(StoreError, match=match):  # and the train/bin stages do not take it as built
+        ensure_frame_cache(intact_store, "train", Binning(T=2, out_size=(16, 16)), tmp_path, progress=False)
+
+
+def test_a_product_written_before_inventories_opens_with_a_warning(intact_store, tmp_path):
+    """Format version 1 products from before the inventory still read correctly; they cannot be checked: said."""
+    import zarr
+
+    from pipeline.store import open_event_store
+
+    store = _copy(intact_store, tmp_path / "ev.zarr")
+    del zarr.open_group(store, mode="r+").attrs["files"]
+    with pytest.warns(UserWarning, match="has no file inventory"):
+        assert len(open_event_store(store)["train"]) == 22
+
+
+@pytest.mark.parametrize("cut", [1, 1000])
+@pytest.mark.parametrize("product", ["store", "cache"])
+def test_a_truncated_hdf5_product_is_refused_by_hdf5_itself(intact_store, tmp_path, product, cut):
+    """HDF5 records the file's end-of-file address in its superblock and refuses a shorter file at open; a
+    deleted dataset chunk cannot happen without rewriting the file. No inventory is needed for HDF5."""
+    from pipeline.frames import Binning, ensure_frame_cache, open_frame_cache
+    from pipeline.store import StoreError, open_event_store
+
+    path = _small_store(tmp_path, "h5")
+    if product == "cache":
+        path = ensure_frame_cache(path, "train", Binning(T=2), tmp_path / "frames", "h5", progress=False).path
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(StoreError, match="truncated file"):
+        (open_event_store if product == "store" else open_frame_cache)(path)
+
+
+# ------------------------------------------------------------------------------------------- replacing a product
+# atomic_output publishes a directory by one renameat2(RENAME_EXCHANGE) (where the OS has it) under an flock of
+# the folder; kills and concurrent writers are real processes here.
+_WRITER = r"""
+import os, sys, time
+import re
+from pathlib import Path
+import pipeline.store as store
+path, tag, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+if mode in ("two-step", "kill-between"):
+    store._exchange = lambda a, b: False  # a system without the exchange: two renames
+if mode == "kill-between":
+    store._after_swap_hook = lambda: os._exit(9)  # killed after old -> .old-<pid>, before new -> path
+if len(sys.argv) > 4:  # concurrent writers: every rename takes 20 ms more, so the two swaps surely overlap
+    real_replace = os.replace
+    os.replace = lambda a, b: (real_replace(a, b), time.sleep(0.02))[0]
+if mode == "kill-after-exchange":
+    real = store.remove_path
+    store.remove_path = lambda p: os._exit(9) if p.name.endswith(f".tmp-{os.getpid()}") else real(p)
+with store.atomic_output(path) as tmp:
+    tmp.mkdir()
+    for i in range(50):
+        (tmp / f"part{i}").write_text(tag)
+    if len(sys.argv) > 4:  # wait for the go signal, so both writers publish at the same moment
+        Path(sys.argv[4] + "." + tag).touch()
+        while not Path(sys.argv[4]).exists():
+            time.sleep(0.001)
+"""
+
+
+def _write_product(path: Path, tag: str, mode: str = "exchange", go: Path | None = None):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-c", _WRITER, str(path), tag, mode] + ([str(go)] if go else [])
+    return subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+
+
+def _one_complete_product(path: Path, tags: set[str]) -> None:
+    parts = {p.read_text() for p in path.iterdir()}
+    assert len(list(path.iterdir())) == 50 and len(parts) == 1 and parts <= tags, parts
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "temporaries left behind"
+
+
+@pytest.mark.parametrize("mode", ["exchange", "two-step"])
+def test_concurrent_writers_of_one_product_both_succeed(tmp_path, mode):
+    """The attack: two runs build the same product at once ('Directory not empty' for the second before)."""
+    import time
+
+    path = tmp_path / "product"
+    assert _write_product(path, "old", mode).wait() == 0
+    for round_ in range(2):
+        go = tmp_path / f"go{round_}"
+        procs = [_write_product(path, f"w{k}", mode, go) for k in range(2)]
+        while not all(Path(f"{go}.w{k}").exists() for k in range(2)):
+            time.sleep(0.001)
+        go.touch()
+        for p in procs:
+            assert p.wait() == 0, p.stderr.read()
+        for k in range(2):
+            Path(f"{go}.w{k}").unlink()
+        go.unlink()
+        _one_complete_product(path, {"w0", "w1"})
+
+
+def test_a_kill_between_the_two_renames_loses_nothing(tmp_path):
+    """Without the exchange, a kill between old -> .old-<pid> and new -> path leaves no product: a reader gets a
+    clear 'does not exist', and the next writer restores the stranded old product before it starts."""
+    from pipeline.store import StoreError, atomic_output, open_event_store
+
+    path = tmp_path / "product"
+    assert _write_product(path, "old").wait() == 0
+    proc = _write_product(path, "new", "kill-between")
+    assert proc.wait() == 9
+    assert not path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"product.old-{proc.pid}", f"product.tmp-{proc.pid}"]
+    with pytest.raises(StoreError, match="does not exist"):
+        open_event_store(tmp_path / "product.zarr")
+    with atomic_output(path) as tmp:
+        assert (path / "part0").read_text() == "old"  # restored on entry
+        tmp.mkdir()
+        for i in range(50):
+            (tmp / f"part{i}").write_text("next")
+    _one_complete_product(path, {"next"})
+
+
+def test_a_kill_after_the_exchange_leaves_the_new_product_and_a_temporary_the_next_writer_clears(tmp_path):
+    path = tmp_path / "product"
+    assert _write_product(path, "old").wait() == 0
+    proc = _write_product(path, "new", "kill-after-exchange")
+    assert proc.wait() == 9
+    assert {p.read_text() for p in path.iterdir()} == {"new"}  # there was never a moment without a product
+    assert (tmp_path / f"product.tmp-{proc.pid}").exists()  # the old one, not yet deleted
+    assert _write_product(path, "next").wait() == 0
+    _one_complete_product(path, {"next"})
+
+
+# ------------------------------------------------------------------------------------------- store replaced while read
+# A reader pins the version it opened (an fd on the store, shard files opened relative to it); once a re-ingest
+# replaced the store, every read refuses with "changed while it was being read" instead of mixing versions.
+def _reingest(path: Path, seed: int) -> None:
+    from pipeline.config import IngestConfig
+    from pipeline.ingest import ingest
+
+    tree = make_gesture_tree(path.parent / f"raw-re-{seed}", seed=seed, n_events=3000)
+    ingest(get_spec("dvs_gesture"), tree.root, path, IngestConfig(format="h5" if path.suffix == ".h5" else "zarr",
+                                                                    **SMALL_SHARDS), progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_reading_a_store_re_ingested_between_reads_is_refused(tmp_path, fmt):
+    import pickle
+
+    from pipeline.store import StoreError, open_event_store
+
+    path = _small_store(tmp_path, fmt)
+    split = open_event_store(path)["train"]
+    copy = pickle.dumps(split)  # as a DataLoader worker gets it
+    first, _ = split[0]
+    _reingest(path, seed=1)  # between two reads of one reader
+    if fmt == "zarr":
+        with pytest.raises(StoreError, match="changed while it was being read"):
+            split[1]
+    else:  # the HDF5 file handle the reader holds keeps reading the version it opened
+        np.testing.assert_array_equal(split[0][0], first)
+    with pytest.raises(StoreError, match="changed while it was being read"):
+        pickle.loads(copy)[0]
+    assert open_event_store(path)["train"][0][0].tobytes() != first.tobytes()  # a fresh open reads the new one
+
+
+def test_binning_while_the_store_is_re_ingested_is_refused(tmp_path, monkeypatch):
+    """The attack: bin while ingest replaces the store (a Blosc error or an unsorted-t error before)."""
+    import pipeline.frames as frames_mod
+    from pipeline.frames import Binning, build_frame_cache
+    from pipeline.store import StoreError, open_event_store
+
+    path = _small_store(tmp_path)
+    store = open_event_store(path)
+    real, calls = frames_mod.bin_batch, []
+
+    def bin_then_reingest(*args, **kwargs):  # the replacement lands between two blocks' reads
+        calls.append(1)
+        if len(calls) == 1:
+            _reingest(path, seed=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(frames_mod, "bin_batch", bin_then_reingest)
+    out = tmp_path / "frames" / "c.zarr"
+    with pytest.raises(StoreError, match="changed while it was being read"):
+        build_frame_cache(store["train"], store.attrs, Binning(T=2), out, block_samples=2, block_events=1000,
+                          progress=False)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------- arrays vs attributes
+def _swap_frames(cache: Path, other: Path) -> None:
+    """Put ``other``'s frames array under ``cache``'s attributes (and, for Zarr, re-list the files so that only
+    the shape check stands between the attack and a wrong read)."""
+    import shutil
+
+    import h5py
+    import zarr
+
+    from pipeline.store import list_files
+
+    if cache.suffix == ".h5":
+        with h5py.File(other, "r") as src, h5py.File(cache, "r+") as dst:
+            del dst["frames"]
+            dst.create_dataset("frames", data=src["frames"][:])
+        return
+    shutil.rmtree(cache / "frames")
+    shutil.copytree(other / "frames", cache / "frames")
+    g = zarr.open_group(cache, mode="r+")
+    g.attrs["files"] = list_files(cache)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_a_frame_cache_whose_shape_disagrees_with_its_attributes_is_refused(intact_store, tmp_path, fmt):
+    from pipeline.frames import Binning, ensure_frame_cache, open_frame_cache
+    from pipeline.store import StoreError
+
+    t2 = ensure_frame_cache(intact_store, "train", Binning(T=2), tmp_path, fmt, progress=False)
+    t4 = ensure_frame_cache(intact_store, "train", Binning(T=4), tmp_path, fmt, progress=False)
+    _swap_frames(t2.path, t4.path)
+    n = len(t2)
+    with pytest.raises(StoreError, match=re.escape(f"frames has shape ({n}, 4, 2, 128, 128), the attributes say "
+                                                   f"(N, T, P, H, W) = ({n}, 2, 2, 128, 128) (binning.T = 2")):
+        open_frame_cache(t2.path, Binning(T=2))
+
+
+def test_an_event_store_whose_offsets_disagree_with_its_columns_is_refused(tmp_path):
+    import h5py
+
+    from pipeline.store import StoreError, open_event_store
+
+    path = _small_store(tmp_path, "h5")
+    with h5py.File(path, "r+") as f:
+        off = f["train/offsets"][:]
+        off[-1] += 5
+        f["train/offsets"][...] = off
+    with pytest.raises(StoreError, match=r"split 'train' is inconsistent: attrs say n_events = \d+, offsets end at"):
+        open_event_store(path)["train"]
