@@ -122,14 +122,14 @@ def _need_file(path: Path, what: str) -> int:
 def check_plan(spec: DatasetSpec, plan: dict[str, list[Recording]]) -> int:
     """Validate the whole plan before any recording is read or hashed: every recording and every label file
     exists and is readable, and the spec's optional ``check_recording`` passes on each (DVS-Gesture: the AEDAT
-    header and the label csv parse). Returns the raw bytes the plan reads (for the disk-space estimate)."""
+    header and the label csv parse). Returns the bytes of the recordings (for the disk-space estimate)."""
     total = 0
     check = getattr(spec, "check_recording", None)
     for split_name, recs in plan.items():
         for rec in recs:
             total += _need_file(rec.path, f"a recording of the {split_name} split")
             for extra in spec.label_files(rec):
-                total += _need_file(extra, f"the label file of {rec.path}")
+                _need_file(extra, f"the label file of {rec.path}")
             if check is not None:
                 check(rec)
     return total
