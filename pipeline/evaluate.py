@@ -28,7 +28,7 @@ from pipeline.config import BinConfig, EvaluateConfig, exits_on_config_error, lo
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
 from pipeline.guards import OutputError, check_writable, writing
-from pipeline.store import StoreError, open_event_store, write_atomic
+from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 from pipeline.train import CheckpointError, load_run
 
 __all__ = ["evaluate_run", "main"]
@@ -104,8 +104,11 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(out) as tmp:  # a full disk leaves no half-written image
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 @exits_on_config_error

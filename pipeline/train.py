@@ -156,7 +156,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Spiking
 
 
 def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
-                       out_dir: Path) -> None:
+                       out_dir: Path, warn: bool = True) -> None:
     """Refuse what only the model, the data or the machine can tell (architecture, weak stages, neuron options,
     the input size, the device; an empty split or one of empty samples only; an unwritable run or frames folder)
     before any frame cache is built. Raises ConfigError naming the key, StoreError, or NotWritableError."""
@@ -165,7 +165,7 @@ def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torc
     for split in ("train", "test"):
         if len(store[split]) == 0:
             raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
-    check_splits(store, ("train", "test"))
+    check_splits(store, ("train", "test"), warn=warn)  # warn: one line per split holding empty samples
     check_writable(out_dir, "run (checkpoint, history, metrics)")
     if not all(p.exists() for p in _cache_paths(store, bin_cfg, frames_root, [cfg.T_s, cfg.teacher_T]).values()):
         check_writable(frames_root, "frame caches")
@@ -191,7 +191,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _device(cfg, local_rank)
     store = open_event_store(store_path)
-    _check_before_work(cfg, bin_cfg, store, device, frames_root, out_dir)
+    _check_before_work(cfg, bin_cfg, store, device, frames_root, out_dir, warn=rank == 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
