@@ -135,11 +135,10 @@ def check_plan(spec: DatasetSpec, plan: dict[str, list[Recording]]) -> int:
     return total
 
 
-def _all_empty(split_name: str, counts: Counter, raw_dir: Path, out: Path) -> RawDataError:
+def _all_empty(split_name: str, counts: Counter, raw_dir: Path) -> RawDataError:
     return RawDataError(raw_dir, f"every one of the {counts['samples']} samples of the {split_name} split is empty "
                                  f"(no event in its window; {counts['empty_recordings']} of its recordings hold no "
-                                 f"event at all): training or scoring on all-zero frames would be meaningless; "
-                                 f"{out} was not written")
+                                 f"event at all): training or scoring on all-zero frames would be meaningless")
 
 
 def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str | None = None,
@@ -229,7 +228,7 @@ def _ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, spli
                 bar.update(1)
             counts["overlapping_windows"] = len(overlaps) - overlaps_before
             if counts["samples"] and counts["empty_samples"] == counts["samples"]:
-                raise _all_empty(split_name, counts, raw_dir, out)  # the store is not published
+                raise _all_empty(split_name, counts, raw_dir)  # the store is not published
             writer.finish_split(split_name, {"recordings": rec_attrs, "counts": dict(counts),
                                              "empty_recordings": empty_recs,
                                              "label_hist": np.bincount(sw.meta["label"], minlength=len(spec.classes)).tolist()})
