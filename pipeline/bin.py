@@ -12,6 +12,10 @@ same key are reused, never rebuilt stale. Prints one line per cache.
 ``--for-training`` builds exactly the caches `pipeline.train` will open for this dataset (train and test at T_s and
 T_t; `pipeline.evaluate` rebins the test split on the fly at other T); ``--prune`` then deletes every other cache
 in the dataset's folder (what the DVC stage does, so its output holds no stale caches).
+
+Before any cache is built: the frames folder must be writable, and every split asked for must hold at least one
+sample with events (a split of empty samples only is refused; empty samples among others are legal and reported
+as a ``warning:`` line on stderr). A full disk is one ``error:`` line naming the cache and the space it needs.
 """
 
 from __future__ import annotations
@@ -22,21 +26,29 @@ import sys
 from pathlib import Path
 
 from pipeline.config import BinConfig, IngestConfig, PathsConfig, exits_on_config_error, for_dataset, load_section
-from pipeline.frames import Binning, ensure_frame_cache
+from pipeline.frames import Binning, cache_path, ensure_frame_cache
+from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, writing
 from pipeline.ingest import default_store_path
-from pipeline.store import remove_path
+from pipeline.store import StoreError, open_event_store, remove_path
 
 __all__ = ["run", "main"]
 
 
 def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, ...] = ("train", "test"),
         progress: bool = True) -> list[Path]:
-    """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths."""
+    """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths. Refuses an unwritable
+    ``frames_root`` (NotWritableError) and a split of empty samples only (StoreError) before binning anything."""
+    store = open_event_store(store_path)
+    check_splits(store, splits)
+    check_writable(frames_root, "frame caches")
     paths = []
     for T in cfg.T:
         binning = Binning.from_config(cfg, T)
         for split in splits:
-            cache = ensure_frame_cache(store_path, split, binning, frames_root, cfg.format, progress=progress)
+            path = cache_path(frames_root, store.attrs["dataset"], split, binning, store.store_id, store.sensor_size,
+                              cfg.format)
+            with writing("frame cache", path, *frame_cache_bytes(len(store[split]), binning, store.sensor_size)):
+                cache = ensure_frame_cache(store_path, split, binning, frames_root, cfg.format, progress=progress)
             a = cache.attrs
             print(f"{a['dataset']}/{split} T={T}: {cache.shape} {binning.dtype} saturated={a['saturated']} -> "
                   f"{cache.path}")
@@ -76,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
               file=sys.stderr)
         return 2
-    run(cfg, store, Path(paths.frames_root), tuple(args.splits), progress=not args.no_progress)
+    try:
+        run(cfg, store, Path(paths.frames_root), tuple(args.splits), progress=not args.no_progress)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -86,8 +105,15 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
 
     train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
     store = store or default_store_path(paths, dataset, load_section("ingest", IngestConfig, params, overrides).format)
-    keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))), store,
-               Path(paths.frames_root), ("train", "test"), progress)
+    try:
+        keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))), store,
+                   Path(paths.frames_root), ("train", "test"), progress)
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if prune:
         folder = Path(paths.frames_root) / dataset
         for stale in set(folder.iterdir()) - set(keep):

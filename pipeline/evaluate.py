@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader
 from pipeline.config import BinConfig, EvaluateConfig, exits_on_config_error, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
-from pipeline.store import StoreError, open_event_store, write_atomic
+from pipeline.guards import OutputError, check_writable, writing
+from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 from pipeline.train import CheckpointError, load_run
 
 __all__ = ["evaluate_run", "main"]
@@ -103,8 +104,11 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(out) as tmp:  # a full disk leaves no half-written image
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 @exits_on_config_error
@@ -129,19 +133,32 @@ def main(argv: list[str] | None = None) -> int:
     T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
     try:
+        check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
         rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
+        _write_outputs(rows, args.run_dir)
     except StoreError as err:
         print(f"error: {err}\nnothing was written.", file=sys.stderr)
         return 1
-    write_atomic(args.run_dir / "eval.json", json.dumps(rows, indent=2) + "\n")
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
+    return 0
+
+
+def _write_outputs(rows: list[dict], run_dir: Path) -> None:
+    """eval.json, eval.csv and the plot, each atomically; a full disk is a DiskFullError naming the file."""
+    text = json.dumps(rows, indent=2) + "\n"
+    with writing("evaluation", run_dir / "eval.json", len(text)):
+        write_atomic(run_dir / "eval.json", text)
     buf = io.StringIO()
     w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
     w.writeheader()
     w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
-    write_atomic(args.run_dir / "eval.csv", buf.getvalue())
-    _plot(rows, f"{args.run_dir.parent.name} / {args.run_dir.name}", args.run_dir / "accuracy_vs_T.png")
-    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
-    return 0
+    with writing("evaluation table", run_dir / "eval.csv", len(buf.getvalue())):
+        write_atomic(run_dir / "eval.csv", buf.getvalue())
+    with writing("accuracy plot", run_dir / "accuracy_vs_T.png"):
+        _plot(rows, f"{run_dir.parent.name} / {run_dir.name}", run_dir / "accuracy_vs_T.png")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,21 @@
 Every event read is accounted for: the store's ``counts`` attribute reconciles
 ``events_read = stored + invalid_dropped + outside_windows + out_of_sensor - duplicated_by_overlap``
 (an event inside two overlapping windows is stored twice, once per sample).
+
+Empty samples (no event in their window) and empty recordings (no event at all, e.g. a header-only file) are
+legal, counted per split (``empty_samples``, ``empty_recordings``; the split's ``empty_recordings`` attribute names
+them) and reported; a split whose samples are all empty is refused and no store is published.
+
+Before anything is read or hashed, the whole plan is checked: every recording and label file exists and is
+readable, the dataset's up-front checks pass (headers, label csvs), the decoders it needs are installed and the
+store's folder is writable. A full disk while writing is one line naming the store and the space it needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from collections import Counter
@@ -27,6 +36,8 @@ from tqdm import tqdm
 
 from pipeline.config import IngestConfig, PathsConfig, exits_on_config_error, load_section
 from pipeline.datasets import DatasetSpec, MissingRawDataError, get_spec
+from pipeline.datasets.base import MissingDecoderError, Recording
+from pipeline.guards import EVENT_BYTES, OutputError, check_writable, disk_full, human_bytes, is_disk_full
 from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, StoreError, stable_hash
@@ -35,7 +46,8 @@ __all__ = ["ingest", "ingest_and_report", "main", "default_store_path", "COUNT_K
 
 #: Every count a store reports, always present (zero when nothing happened).
 COUNT_KEYS = ("samples", "stored", "events_read", "invalid_dropped", "nonpolarity_skipped", "unused_slots",
-              "outside_windows", "out_of_sensor", "reordered", "duplicated_by_overlap", "overlapping_windows")
+              "outside_windows", "out_of_sensor", "reordered", "duplicated_by_overlap", "overlapping_windows",
+              "empty_samples", "empty_recordings")
 
 
 def default_store_path(paths: PathsConfig, dataset: str, fmt: str) -> Path:
@@ -98,20 +110,78 @@ def _prepare(ev: DecodedEvents, path: Path, spec: DatasetSpec, out_of_sensor: st
     return DecodedEvents(x, y, t, p, ev.counts, ev.header)
 
 
+def _need_file(path: Path, what: str) -> int:
+    """The size of a raw file the plan names; MissingRawDataError / RawDataError before anything is read."""
+    if not path.is_file():
+        raise MissingRawDataError(f"{path} not found ({what})")
+    if not os.access(path, os.R_OK):
+        raise RawDataError(path, f"not readable by this user ({what})")
+    return path.stat().st_size
+
+
+def check_plan(spec: DatasetSpec, plan: dict[str, list[Recording]]) -> int:
+    """Validate the whole plan before any recording is read or hashed: every recording and every label file
+    exists and is readable, and the spec's optional ``check_recording`` passes on each (DVS-Gesture: the AEDAT
+    header and the label csv parse). Returns the bytes of the recordings (for the disk-space estimate)."""
+    total = 0
+    check = getattr(spec, "check_recording", None)
+    for split_name, recs in plan.items():
+        for rec in recs:
+            total += _need_file(rec.path, f"a recording of the {split_name} split")
+            for extra in spec.label_files(rec):
+                _need_file(extra, f"the label file of {rec.path}")
+            if check is not None:
+                check(rec)
+    return total
+
+
+def _all_empty(split_name: str, counts: Counter, raw_dir: Path) -> RawDataError:
+    return RawDataError(raw_dir, f"every one of the {counts['samples']} samples of the {split_name} split is empty "
+                                 f"(no event in its window; {counts['empty_recordings']} of its recordings hold no "
+                                 f"event at all): training or scoring on all-zero frames would be meaningless")
+
+
 def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str | None = None,
            progress: bool = True) -> dict:
     """Read every raw recording of ``spec`` under ``raw_dir`` and write the event store ``out`` atomically.
 
-    Returns the root attributes written (counts, sources, store_id ...).
+    Returns the root attributes written (counts, sources, store_id ...). Refused before any work (nothing
+    read, nothing written): a missing or unreadable recording or label file (MissingRawDataError /
+    RawDataError), a missing optional decoder (MissingDecoderError), an unwritable store folder
+    (NotWritableError). Refused after decoding, before publishing: a split whose samples are all empty
+    (RawDataError). A full disk is a DiskFullError naming the store.
     """
     raw_dir, out = Path(raw_dir), Path(out)
     if hasattr(spec, "for_raw"):  # generated datasets record their own geometry next to the raw files
         spec = spec.for_raw(raw_dir)
     split = split or cfg.splits.get(spec.name, spec.default_split)
     plan = spec.recordings(raw_dir, split)
+    raw_bytes = check_plan(spec, plan)
+    check_writable(out.parent, "event store")
+    done: Counter = Counter()  # raw bytes decoded so far and their events: for the disk-space estimate
+    try:
+        return _ingest(spec, raw_dir, out, cfg, split, plan, progress, done)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full("event store", out, *_store_estimate(raw_bytes, done)) from None
+
+
+def _store_estimate(raw_bytes: int, done: Counter) -> tuple[int, str]:
+    """Uncompressed bytes the whole store needs: 13 bytes per event, the events extrapolated from those of the
+    raw bytes decoded so far (8 raw bytes per event, AEDAT's slot size, before the first recording is decoded)."""
+    per_byte = done["events"] / done["bytes"] if done["bytes"] and done["events"] else 1 / 8
+    events = int(raw_bytes * per_byte)
+    return EVENT_BYTES * events, (f"{EVENT_BYTES} bytes per event before compression, ~{events:,} events in "
+                                  f"{human_bytes(raw_bytes)} of raw files")
+
+
+def _ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str,
+            plan: dict[str, list[Recording]], progress: bool, done: Counter) -> dict:
     sources: list[dict] = []
     totals: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
     overlaps: list[dict] = []
+    empty_names: dict[str, list[str]] = {}
     t0 = time.perf_counter()
     n_recs = sum(len(r) for r in plan.values())
     bar = tqdm(total=n_recs, desc=f"ingest {spec.name}", unit="rec", disable=not progress, file=sys.stderr)
@@ -122,9 +192,12 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
             sw = writer.split(split_name)
             counts: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
             rec_attrs = []
+            empty_recs = empty_names[split_name] = []
             overlaps_before = len(overlaps)
             for rec_idx, (rec, data, record) in enumerate(_prefetched(recs, reader)):
                 decoded = spec.decode(data, rec.path)
+                done["bytes"] += len(data)
+                done["events"] += len(decoded.t)
                 del data  # the decoded columns are all that is needed from here on
                 sources.append({**record, **(decoded.header or {})})
                 for extra in spec.label_files(rec):
@@ -132,6 +205,9 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
                 ev = _prepare(decoded, rec.path, spec, cfg.out_of_sensor, counts)
                 for k, v in ev.counts.items():
                     counts[k] += v
+                if len(ev.t) == 0:  # a header-only file, or every event dropped: legal, counted and named
+                    counts["empty_recordings"] += 1
+                    empty_recs.append(rec.name)
                 windows = spec.windows(rec, ev)
                 covered = np.zeros(len(ev.t), dtype=bool)
                 order = sorted(windows, key=lambda w: w.start_us)
@@ -146,11 +222,15 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
                            start_us=w.start_us, end_us=w.end_us)
                     counts["samples"] += 1
                     counts["stored"] += int(hi - lo)
+                    counts["empty_samples"] += int(hi == lo)
                 counts["outside_windows"] += int(len(ev.t) - np.count_nonzero(covered))
                 rec_attrs.append({"name": rec.name, **rec.meta})
                 bar.update(1)
             counts["overlapping_windows"] = len(overlaps) - overlaps_before
+            if counts["samples"] and counts["empty_samples"] == counts["samples"]:
+                raise _all_empty(split_name, counts, raw_dir)  # the store is not published
             writer.finish_split(split_name, {"recordings": rec_attrs, "counts": dict(counts),
+                                             "empty_recordings": empty_recs,
                                              "label_hist": np.bincount(sw.meta["label"], minlength=len(spec.classes)).tolist()})
             totals.update({f"{split_name}.{k}": v for k, v in counts.items()})
             for k, v in counts.items():
@@ -171,22 +251,32 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
         writer.finish(attrs)
     bar.close()
     attrs["seconds"] = round(time.perf_counter() - t0, 2)
+    attrs["empty_recordings"] = empty_names  # also in each split's attributes
     return attrs
 
 
 def report(attrs: dict, out: Path) -> str:
-    """The closing report: samples and events per split, and everything dropped."""
+    """The closing report: samples (empty ones too) and events per split, everything dropped, and a warning
+    line per split that holds empty samples or recordings."""
     c = attrs["counts"]
     lines = [f"event store {out} ({attrs['dataset']}, split scheme {attrs['split_scheme']}, {attrs['seconds']} s)"]
-    lines.append(f"  {'split':<6} {'samples':>8} {'events':>14}")
+    lines.append(f"  {'split':<6} {'samples':>8} {'empty':>6} {'events':>14}")
     for split in ("train", "test"):
-        lines.append(f"  {split:<6} {c.get(split + '.samples', 0):>8} {c.get(split + '.stored', 0):>14,}")
+        lines.append(f"  {split:<6} {c.get(split + '.samples', 0):>8} {c.get(split + '.empty_samples', 0):>6} "
+                     f"{c.get(split + '.stored', 0):>14,}")
     lines.append(
         "  read {:,} | invalid dropped {:,} | non-polarity skipped {:,} | outside every window {:,} | "
         "out of sensor {:,} | reordered {:,} | overlapping windows {}".format(
             c.get("events_read", 0), c.get("invalid_dropped", 0), c.get("nonpolarity_skipped", 0),
             c.get("outside_windows", 0), c.get("out_of_sensor", 0), c.get("reordered", 0),
             c.get("overlapping_windows", 0)))
+    for split in ("train", "test"):
+        n, empty, recs = (c.get(f"{split}.{k}", 0) for k in ("samples", "empty_samples", "empty_recordings"))
+        if empty or recs:
+            names = attrs.get("empty_recordings", {}).get(split, [])
+            shown = f": {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" if names else ""
+            lines.append(f"  warning: {split}: {empty} of {n} samples are empty (no event in their window: all-zero "
+                         f"frames); {recs} recording(s) hold no event at all{shown}")
     return "\n".join(lines)
 
 
@@ -236,6 +326,12 @@ def ingest_and_report(spec: DatasetSpec, raw: Path, out: Path, cfg: IngestConfig
     except MissingRawDataError as err:
         print(f"error: raw data for {spec.name} is missing: {err}\n{download_hint(spec, raw)}", file=sys.stderr)
         return 2
+    except MissingDecoderError as err:
+        print(f"error: {err}\nno event store was written.", file=sys.stderr)
+        return 2
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except (RawDataError, StoreError) as err:
         print(f"error: {err}\nno event store was written.", file=sys.stderr)
         return 1

@@ -44,7 +44,8 @@ from models.neurons import configure_cpu
 from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig,
                              exits_on_config_error, for_dataset, load_section)
 from pipeline.data import Augment, CacheView, MultiViewDataset
-from pipeline.frames import Binning, FrameCache, ensure_frame_cache
+from pipeline.frames import Binning, FrameCache, cache_path, ensure_frame_cache
+from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, nbytes_of, writing
 from pipeline.ingest import default_store_path
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 
@@ -85,20 +86,29 @@ def _to_tbchw(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True).transpose(0, 1).contiguous()
 
 
-def _caches(store_path: Path, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], progress: bool
+def _cache_paths(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int]) -> dict[tuple[str, int], Path]:
+    """Where the (split, T) caches of ``store`` live (`pipeline.frames.cache_path`)."""
+    return {(split, T): cache_path(frames_root, store.attrs["dataset"], split, Binning.from_config(binning_cfg, T),
+                                   store.store_id, store.sensor_size, binning_cfg.format)
+            for T in sorted(set(Ts)) for split in ("train", "test")}
+
+
+def _caches(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], progress: bool
             ) -> dict[tuple[str, int], FrameCache]:
     out = {}
-    for T in sorted(set(Ts)):
+    for (split, T), path in _cache_paths(store, binning_cfg, frames_root, Ts).items():
         b = Binning.from_config(binning_cfg, T)
-        for split in ("train", "test"):
-            out[(split, T)] = ensure_frame_cache(store_path, split, b, frames_root, binning_cfg.format, progress)
+        with writing("frame cache", path, *frame_cache_bytes(len(store[split]), b, store.sensor_size)):
+            out[(split, T)] = ensure_frame_cache(store.path, split, b, frames_root, binning_cfg.format, progress)
     return out
 
 
 def _save_atomic(obj, path: Path) -> None:
-    """torch.save under a temporary name, then rename; a failed save (a full disk) leaves no temporary behind."""
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save under a temporary name, then rename; a failed save (a full disk) leaves no temporary behind
+    and is one DiskFullError line naming the checkpoint and its size."""
+    with writing("checkpoint", path, nbytes_of(obj), "its tensors: model, optimizer state"):
+        with atomic_output(path) as tmp:
+            torch.save(obj, tmp)
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -145,14 +155,20 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Spiking
     return net.deploy().to(device), ckpt
 
 
-def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device) -> None:
-    """Refuse what only the model or the machine can tell (architecture, weak stages, neuron options, the input
-    size, the device) before any frame cache is built. Raises ConfigError naming the key."""
+def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
+                       out_dir: Path, warn: bool = True) -> None:
+    """Refuse what only the model, the data or the machine can tell (architecture, weak stages, neuron options,
+    the input size, the device; an empty split or one of empty samples only; an unwritable run or frames folder)
+    before any frame cache is built. Raises ConfigError naming the key, StoreError, or NotWritableError."""
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
     for split in ("train", "test"):
         if len(store[split]) == 0:
             raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
+    check_splits(store, ("train", "test"), warn=warn)  # warn: one line per split holding empty samples
+    check_writable(out_dir, "run (checkpoint, history, metrics)")
+    if not all(p.exists() for p in _cache_paths(store, bin_cfg, frames_root, [cfg.T_s, cfg.teacher_T]).values()):
+        check_writable(frames_root, "frame caches")
     W, H, P = store.sensor_size
     hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
     weak = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
@@ -175,7 +191,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = _device(cfg, local_rank)
     store = open_event_store(store_path)
-    _check_before_work(cfg, bin_cfg, store, device)
+    _check_before_work(cfg, bin_cfg, store, device, frames_root, out_dir, warn=rank == 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
@@ -184,11 +200,11 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     spec = METHODS[cfg.method]
     T_s, T_t = cfg.T_s, cfg.teacher_T
     if main_proc:  # build any missing cache once, before the other ranks open them
-        caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], progress)
+        caches = _caches(store, bin_cfg, frames_root, [T_s, T_t], progress)
     if distributed:
         dist.barrier()
     if not main_proc:
-        caches = _caches(store_path, bin_cfg, frames_root, [T_s, T_t], False)
+        caches = _caches(store, bin_cfg, frames_root, [T_s, T_t], False)
     train_views = {"student": CacheView(caches[("train", T_s)], cfg.in_memory)}
     if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
         train_views["teacher"] = CacheView(caches[("train", T_t)], cfg.in_memory)
@@ -332,7 +348,9 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
                    "epochs": len(history), "test_acc_Ts": last.get("test_acc"), "test_acc_Tt": last.get("test_acc_teacher"),
                    "best_test_acc_Ts": best_acc, "best_epoch": best_epoch, "deploy_params": deploy_params,
                    "wall_time_s": round(wall, 1), "device": str(device), "world_size": world}
-        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        text = json.dumps(metrics, indent=2) + "\n"
+        with writing("metrics", out_dir / "metrics.json", len(text)):
+            write_atomic(out_dir / "metrics.json", text)
     if distributed:
         dist.destroy_process_group()
     return metrics
@@ -351,7 +369,8 @@ def _write_history(path: Path, history: list[dict]) -> None:
     w = csv.DictWriter(buf, HISTORY_FIELDS)
     w.writeheader()
     w.writerows(history)
-    write_atomic(path, buf.getvalue())
+    with writing("training history", path, len(buf.getvalue())):
+        write_atomic(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -383,12 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg, bin_cfg, paths = resolve(args.dataset, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, args.overrides)
     store = args.store or default_store_path(paths, args.dataset, ingest_cfg.format)
-    if not store.exists():
-        code = _ingest_first(args.dataset, store, paths, ingest_cfg)
-        if code:
-            return code
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
+        check_writable(out, "run (checkpoint, history, metrics)")  # before an ingest-first, too
+        if not store.exists():
+            code = _ingest_first(args.dataset, store, paths, ingest_cfg)
+            if code:
+                return code
         run(cfg, bin_cfg, store, Path(paths.frames_root), out, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
@@ -396,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OutputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

@@ -225,7 +225,7 @@ def test_a_truncated_checkpoint_is_named_not_a_traceback(learnable_store, tmp_pa
     assert "not found; train first" in capsys.readouterr().err
 
 
-def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary(learnable_store, tmp_path, monkeypatch):
+def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary(learnable_store, tmp_path, monkeypatch, capsys):
     import errno
 
     import torch
@@ -236,8 +236,10 @@ def test_a_full_disk_while_saving_a_checkpoint_leaves_no_temporary(learnable_sto
 
     monkeypatch.setattr(torch, "save", full_disk)
     run = tmp_path / "run"
-    with pytest.raises(OSError, match="No space left"):
-        _train_one_epoch(learnable_store, run, tmp_path / "frames")
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames") == 1
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoint.pt'}: no space left on device while writing the checkpoint: it needs about" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not list(run.glob("checkpoint.pt*"))
 
 
@@ -626,3 +628,364 @@ def test_an_event_store_whose_offsets_disagree_with_its_columns_is_refused(tmp_p
         f["train/offsets"][...] = off
     with pytest.raises(StoreError, match=r"split 'train' is inconsistent: attrs say n_events = \d+, offsets end at"):
         open_event_store(path)["train"]
+
+
+# =========================================================================================== issue 10, inputs part
+# (empty recordings and samples; the plan checked before work; a missing decoder; read-only folders; a full disk)
+def _gesture(root: Path, recordings: dict[str, tuple[int, list]], train: list[str], test: list[str]) -> Path:
+    """A DVS-Gesture tree: name -> (number of events, windows); events at x = y = 1 every 100 µs."""
+    import numpy as np
+
+    from pipeline.datasets.dvs_gesture import write_recording, write_trials
+
+    for name, (n, windows) in recordings.items():
+        t = np.arange(n, dtype=np.int64) * 100
+        ones = np.ones(n, np.int64)
+        write_recording(root, name, ones, ones, t, ones, windows)
+    write_trials(root, train, test)
+    return root
+
+
+def _windows(*bounds):
+    from pipeline.datasets.base import Window
+
+    return [Window(k % 11, a, b) for k, (a, b) in enumerate(bounds)]
+
+
+@pytest.fixture
+def no_reads(monkeypatch):
+    """Fail the test if ingest reads (and hashes) a recording: refusals must come before any of that work."""
+    import pipeline.ingest as ingest_mod
+
+    def refuse(rec):
+        raise AssertionError(f"{rec.path} was read before the plan was refused")
+
+    monkeypatch.setattr(ingest_mod, "_read_and_hash", refuse)
+
+
+def _no_temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if ".tmp-" in p.name or ".old-" in p.name) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------------------- empty recordings
+def test_a_header_only_recording_is_counted_and_reported(tmp_path, capsys):
+    """Legal, but never silent: ingest counts empty samples and recordings per split, names the recordings,
+    and says so in its report; bin warns; the store's counts hold the keys (0 when nothing is empty)."""
+    from pipeline.bin import main as bin_main
+    from pipeline.ingest import main
+    from pipeline.store import open_event_store
+
+    root = _gesture(tmp_path / "raw", {
+        "user01_lab": (0, _windows((0, 1000), (1000, 2000))),  # header only: both samples empty
+        "user02_lab": (500, _windows((0, 20_000), (40_000, 60_000), (90_000, 95_000))),  # the last one empty
+        "user03_lab": (500, _windows((0, 25_000), (25_000, 50_000))),
+    }, ["user01_lab", "user02_lab"], ["user03_lab"])
+    store = tmp_path / "ev.zarr"
+    assert main(["dvs_gesture", "--raw", str(root), "--out", str(store), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: train: 3 of 5 samples are empty" in out and "1 recording(s) hold no event at all: " \
+        "user01_lab.aedat" in out
+    assert "warning: test" not in out
+    s = open_event_store(store)
+    c = s.attrs["counts"]
+    assert (c["train.empty_samples"], c["train.empty_recordings"], c["test.empty_samples"],
+            c["test.empty_recordings"], c["empty_samples"]) == (3, 1, 0, 0, 3)
+    assert s["train"].attrs["empty_recordings"] == ["user01_lab.aedat"] and s["test"].attrs["empty_recordings"] == []
+    assert bin_main(["dvs_gesture", "--store", str(store), "--T", "2", "--no-progress",
+                     "--set", f"paths.frames_root={tmp_path / 'frames'}"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: dvs_gesture/train: 3 of 5 samples are empty" in err and "dvs_gesture/test" not in err
+
+
+def test_an_empty_cifar_recording_is_one_empty_sample(tmp_path):
+    """A whole-recording dataset: a header-only AEDAT 2.0 file gives one sample with no event, counted."""
+    import numpy as np
+
+    from pipeline.config import IngestConfig
+    from pipeline.datasets.cifar10_dvs import CLASSES
+    from pipeline.ingest import ingest
+    from pipeline.io.aedat2 import write_aedat20
+
+    from tests.conftest import make_cifar_tree
+
+    root = tmp_path / "raw"
+    make_cifar_tree(root, per_class=2)
+    none = np.zeros(0, np.int64)
+    write_aedat20(root / CLASSES[0] / f"cifar10_{CLASSES[0]}_0.aedat", none, none, none, none)
+    c = ingest(get_spec("cifar10_dvs"), root, tmp_path / "c.zarr", IngestConfig(), progress=False)["counts"]
+    assert (c["train.empty_samples"], c["train.empty_recordings"], c["train.samples"]) == (1, 1, 20)
+
+
+def test_a_split_of_empty_samples_only_is_refused_and_nothing_published(tmp_path, capsys):
+    from pipeline.ingest import main
+
+    root = _gesture(tmp_path / "raw", {
+        "user01_lab": (500, _windows((0, 25_000), (25_000, 50_000))),
+        "user02_lab": (0, _windows((0, 1000), (1000, 2000))),  # the whole test split: header only
+    }, ["user01_lab"], ["user02_lab"])
+    store = tmp_path / "ev.zarr"
+    assert main(["dvs_gesture", "--raw", str(root), "--out", str(store), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {root}: every one of the 2 samples of the test split is empty" in err
+    assert "1 of its recordings hold no event at all" in err and "Traceback" not in err
+    assert not store.exists() and _no_temporaries(tmp_path) == []
+
+
+def _store_with_empty_split(path: Path) -> Path:
+    """A store written directly (bypassing ingest's refusal, like an older store): its test split holds only
+    empty samples."""
+    import numpy as np
+
+    from pipeline.store import EventStoreWriter
+
+    with EventStoreWriter(path, "zarr") as w:
+        for split, n in (("train", 3), ("test", 0)):
+            s = w.split(split)
+            for i in range(4):
+                t = np.arange(n, dtype=np.int64) + 1000 * i
+                s.add(np.ones(n), np.ones(n), t, np.ones(n), label=i % 2, recording=0, start_us=1000 * i,
+                      end_us=1000 * i + 999)
+            w.finish_split(split, {"recordings": [{"name": "r"}], "counts": {}})
+        w.finish({"dataset": "dvs_gesture", "classes": ["a", "b"], "sensor_size": [128, 128, 2], "store_id": "x" * 64,
+                  "split_scheme": "official", "reader_version": "test", "sources": [], "counts": {}, "overlaps": []})
+    return path
+
+
+def test_bin_and_train_refuse_a_split_of_empty_samples_before_binning(tmp_path, capsys):
+    from pipeline.bin import main as bin_main
+
+    store = _store_with_empty_split(tmp_path / "ev.zarr")
+    frames = tmp_path / "frames"
+    assert bin_main(["dvs_gesture", "--store", str(store), "--T", "2", "--no-progress",
+                     "--set", f"paths.frames_root={frames}"]) == 1
+    assert "every one of the 4 samples of the test split is empty" in capsys.readouterr().err
+    assert _train_one_epoch(store, tmp_path / "run", frames) == 1
+    assert "every one of the 4 samples of the test split is empty" in capsys.readouterr().err
+    assert not frames.exists() and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------- the plan, up front
+@pytest.mark.parametrize("attack, exit_code, match", [
+    ("delete the last label csv", 2, "user03_lab_labels.csv not found (the label file of"),
+    ("delete the last recording", 2, "user03_lab.aedat (listed in"),
+    ("bad row in the last label csv", 1, "user03_lab_labels.csv, row 3: expected three integers"),
+    ("bad header in the last recording", 1, "user03_lab.aedat at byte 0"),
+])
+def test_the_whole_plan_is_checked_before_any_recording_is_read(tmp_path, capsys, no_reads, attack, exit_code,
+                                                                 match):
+    """A missing label csv used to be found only when it was hashed, after every earlier recording was decoded
+    and written; a bad csv row or header in the last recording, after minutes of work. Now: before any read."""
+    from pipeline.ingest import main
+
+    root = _gesture(tmp_path / "raw", {f"user0{u}_lab": (500, _windows((0, 25_000), (25_000, 50_000)))
+                                       for u in (1, 2, 3)}, ["user01_lab", "user02_lab"], ["user03_lab"])
+    last = root / "user03_lab.aedat"
+    if attack == "delete the last label csv":
+        (root / "user03_lab_labels.csv").unlink()
+    elif attack == "delete the last recording":
+        last.unlink()
+    elif attack == "bad row in the last label csv":
+        (root / "user03_lab_labels.csv").write_text("class,startTime_usec,endTime_usec\n1,0,5\n2,x,9\n")
+    else:
+        last.write_bytes(b"#!AER-DAT9.9\r\n" + last.read_bytes()[14:])
+    store = tmp_path / "ev.zarr"
+    assert main(["dvs_gesture", "--raw", str(root), "--out", str(store), "--no-progress"]) == exit_code
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not store.exists() and _no_temporaries(tmp_path) == []
+
+
+def test_a_missing_aedat4_decoder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, no_reads):
+    """`aedat` is an optional extra: without it, an AEDAT 4 folder is refused at planning, naming the file and
+    the pip command, instead of an ImportError traceback from the first AEDAT 4 recording decoded."""
+    import sys
+
+    import numpy as np
+
+    from pipeline.ingest import main
+
+    from tests.dv_files import events, write_dv
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "raw"
+    for name in ("clap/a.aedat4", "wave/b.aedat4"):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        write_dv(raw / name, *events(rng, 300, 128, 128), camera="DVS128_0001", resolution=(128, 128))
+    monkeypatch.setitem(sys.modules, "aedat", None)  # `import aedat` now raises ImportError
+    store = tmp_path / "r.zarr"
+    assert main(["recordings", "--raw", str(raw), "--out", str(store), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {raw / 'clap' / 'a.aedat4'} and 1 more recording(s): AEDAT 4.0, reading AEDAT 4 files needs the " \
+           "optional 'aedat' decoder: pip install" in err
+    assert "Traceback" not in err and not store.exists()
+
+
+# ------------------------------------------------------------------------------------------- read-only folders
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: chmod 0o555; for root, whom modes do not bind, `os.access` also answers for that
+    folder as it does on a read-only mount (EROFS), which is what `pipeline.guards.check_writable` asks."""
+    import os
+
+    made: list[Path] = []
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and Path(os.path.abspath(path)) in made:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o555)
+        made.append(Path(os.path.abspath(folder)))
+        return folder
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "access", access)
+    yield make
+    for folder in made:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_events_folder_is_refused_before_any_read(tmp_path, capsys, read_only, no_reads):
+    from pipeline.ingest import main
+
+    root = _gesture(tmp_path / "raw", {f"user0{u}_lab": (500, _windows((0, 25_000))) for u in (1, 2)},
+                    ["user01_lab"], ["user02_lab"])
+    events = read_only(tmp_path / "events")
+    assert main(["dvs_gesture", "--raw", str(root), "--out", str(events / "sub" / "ev.zarr"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {events / 'sub'}: cannot write the event store there: the folder (its existing "
+                          f"parent {events}) is read-only") and "Traceback" not in err
+    assert list(events.iterdir()) == []
+
+
+def test_read_only_frames_and_run_folders_are_refused_before_any_cache_is_built(learnable_store, tmp_path, capsys,
+                                                                               read_only):
+    from pipeline.bin import main as bin_main
+
+    frames = read_only(tmp_path / "frames")
+    assert bin_main(["dvs_gesture", "--store", str(learnable_store), "--T", "2", "--no-progress",
+                     "--set", f"paths.frames_root={frames}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {frames}: cannot write the frame caches there")
+    assert _train_one_epoch(learnable_store, tmp_path / "run", frames) == 2
+    assert f"error: {frames}: cannot write the frame caches there" in capsys.readouterr().err
+    runs = read_only(tmp_path / "runs")
+    assert _train_one_epoch(learnable_store, runs / "run", tmp_path / "frames2") == 2
+    assert f"error: {runs / 'run'}: cannot write the run (checkpoint, history, metrics) there" in \
+        capsys.readouterr().err
+    assert list(frames.iterdir()) == [] and list(runs.iterdir()) == [] and not (tmp_path / "frames2").exists()
+
+
+def test_evaluate_refuses_a_read_only_run_folder_before_scoring(learnable_store, tmp_path, capsys, read_only,
+                                                                monkeypatch):
+    import pipeline.evaluate as evaluate_mod
+
+    run = tmp_path / "run"
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames") == 0
+    monkeypatch.setattr(evaluate_mod, "evaluate_run", lambda *a, **k: pytest.fail("scored before the refusal"))
+    read_only(run)
+    capsys.readouterr()
+    assert evaluate_mod.main([str(run), "--T", "2"]) == 2
+    assert f"error: {run}: cannot write the evaluation" in capsys.readouterr().err
+    assert not (run / "eval.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(after_bytes)``: every Zarr shard file (event store and frame cache columns) and every HDF5
+    column block fails with ENOSPC once ``after_bytes`` have been written, after a partial write."""
+    import errno
+
+    import pipeline.store as store_mod
+
+    state = {"left": 0}
+
+    def enospc(written: int):
+        state["left"] -= written
+        if state["left"] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_append, real_flush = store_mod._ShardFile.append, store_mod._H5Column._flush
+
+    def append(self, data):
+        real_append(self, data[: len(data) // 2])
+        enospc(len(data))
+        real_append(self, data[len(data) // 2:])
+
+    def flush(self):
+        enospc(self._fill * self.ds.dtype.itemsize)
+        real_flush(self)
+
+    def arm(after_bytes: int = 0):
+        state["left"] = after_bytes
+        monkeypatch.setattr(store_mod._ShardFile, "append", append)
+        monkeypatch.setattr(store_mod._H5Column, "_flush", flush)
+
+    return arm
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_a_full_disk_while_ingesting_names_the_store_and_leaves_nothing(tmp_path, capsys, full_disk, fmt):
+    from pipeline.ingest import main
+
+    from tests.conftest import make_gesture_tree
+
+    tree = make_gesture_tree(tmp_path / "raw", n_events=5000)
+    store = tmp_path / "events" / f"ev.{'zarr' if fmt == 'zarr' else 'h5'}"
+    full_disk(after_bytes=2000)
+    assert main(["dvs_gesture", "--raw", str(tree.root), "--out", str(store), "--format", fmt, "--no-progress",
+                 "--set", "ingest.chunk_events=1024", "--set", "ingest.shard_events=4096"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {store}: no space left on device while writing the event store: it needs about ")
+    assert re.search(r"it needs about [\d.]+ KiB \(13 bytes per event before compression, ~1[0-9],[0-9]{3} events in "
+                     r"[\d.]+ KiB of raw files\), [\d.]+ [KMGT]?i?B free there; nothing was written", err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not store.exists() and _no_temporaries(tmp_path / "events") == []
+
+
+def test_a_full_disk_while_binning_names_the_cache_and_leaves_nothing(learnable_store, tmp_path, capsys, full_disk):
+    from pipeline.bin import main as bin_main
+
+    frames = tmp_path / "frames"
+    full_disk(after_bytes=0)
+    assert bin_main(["dvs_gesture", "--store", str(learnable_store), "--T", "2", "--out-size", "16", "16",
+                     "--no-progress", "--set", f"paths.frames_root={frames}"]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on device while writing the frame cache: it needs about 72.0 KiB (72 samples x 2 x 2 x " \
+           "16 x 16 uint8, before compression)" in err and "Traceback" not in err
+    assert not [p for p in frames.rglob("*") if p.is_file()] and _no_temporaries(frames) == []
+
+
+def test_a_full_disk_while_writing_metrics_or_eval_is_one_line(learnable_store, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pipeline.evaluate as evaluate_mod
+    import pipeline.train as train_mod
+    from pipeline.store import atomic_output, write_atomic
+
+    def full_for(name: str):
+        def write(path, text):
+            if Path(path).name != name:
+                return write_atomic(path, text)
+            with atomic_output(path) as tmp:
+                tmp.write_text(text[: len(text) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return write
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "write_atomic", full_for("metrics.json"))
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames") == 1
+    assert f"error: {run / 'metrics.json'}: no space left on device while writing the metrics" in \
+        capsys.readouterr().err
+    assert not (run / "metrics.json").exists() and _no_temporaries(run) == []
+    monkeypatch.setattr(train_mod, "write_atomic", write_atomic)
+    assert _train_one_epoch(learnable_store, run, tmp_path / "frames") == 0
+    monkeypatch.setattr(evaluate_mod, "write_atomic", full_for("eval.json"))
+    capsys.readouterr()
+    assert evaluate_mod.main([str(run), "--T", "2"]) == 1
+    assert f"error: {run / 'eval.json'}: no space left on device while writing the evaluation" in \
+        capsys.readouterr().err
+    assert not (run / "eval.json").exists() and _no_temporaries(run) == []

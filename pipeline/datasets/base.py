@@ -10,12 +10,30 @@ from pipeline.events import SensorSize
 from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 
-__all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "whole_recording", "read_listing",
-           "check_disjoint"]
+__all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "MissingDecoderError",
+           "require_aedat4_decoder", "whole_recording", "read_listing", "check_disjoint"]
 
 
 class MissingRawDataError(FileNotFoundError):
     """The raw files of a dataset are not where they should be; the message says what to download and where."""
+
+
+class MissingDecoderError(ImportError):
+    """A raw file needs an optional decoder that is not installed; the message names the file and the extra."""
+
+
+def require_aedat4_decoder(files: list[Path]) -> None:
+    """Before any work: the ``aedat`` decoder is importable when the plan holds AEDAT 4 ``files`` (a no-op for an
+    empty list). Raises MissingDecoderError naming the first file, how many need it, and what to install."""
+    if not files:
+        return
+    from pipeline.io import aedat4
+
+    try:
+        aedat4.decoder()
+    except ImportError as err:
+        more = f" and {len(files) - 1} more recording(s)" if len(files) > 1 else ""
+        raise MissingDecoderError(f"{files[0]}{more}: AEDAT 4.0, {err}") from None
 
 
 @dataclass(frozen=True)
@@ -75,6 +93,9 @@ class DatasetSpec(Protocol):
     def label_files(self, rec: Recording) -> list[Path]:
         """Files besides the recording whose bytes shape its samples (hashed into the store's identity)."""
         ...
+
+    # Optional: ``check_recording(rec) -> None``, cheap checks `pipeline.ingest` runs on every recording of the
+    # plan before it reads any (a header, a label csv), raising RawDataError; see DVSGesture.check_recording.
 
 
 def whole_recording(label: int, events: DecodedEvents) -> list[Window]:

@@ -137,6 +137,18 @@ class DVSGesture:
             raise MissingRawDataError(f"label file {csv} for {rec.path} not found")
         return read_label_csv(csv, len(self.classes))
 
+    def check_recording(self, rec: Recording) -> None:
+        """Up-front check (`pipeline.ingest` runs it on every recording before reading any): the AEDAT 3.1 header
+        (its first 64 KiB) and the label csv parse. RawDataError names the file and the offset or row."""
+        try:
+            with open(rec.path, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError as err:
+            raise RawDataError(rec.path, f"cannot read: {err}") from None
+        if b"#!END-HEADER" in head or not head.startswith(b"#!AER-DAT3.1"):  # a longer header: left to decode
+            aedat3.parse_header(head, rec.path)
+        read_label_csv(rec.path.with_name(rec.path.stem + "_labels.csv"), len(self.classes))
+
     def label_files(self, rec: Recording) -> list[Path]:
         """Files besides the recording whose bytes shape the samples (hashed into the store's identity)."""
         return [rec.path.with_name(rec.path.stem + "_labels.csv")]

@@ -63,7 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, whole_recording
+from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, require_aedat4_decoder,
+                                    whole_recording)
 from pipeline.events import SensorSize
 from pipeline.io import aedat2, aedat3, arrays
 from pipeline.io.aedat3 import DecodedEvents
@@ -238,6 +239,7 @@ class Recordings:
             if csv.with_name(csv.name[: -len("_labels.csv")]) not in stems:
                 raise RawDataError(csv, "label csv of no recording: no file "
                                         f"{csv.name[: -len('_labels.csv')]}.<{'|'.join(s[1:] for s in SUFFIXES)}> next to it")
+        require_aedat4_decoder([i.path for i in items if i.fmt == "AEDAT 4.0"])  # before any work, not at file 90
         classes = self._classes(conf, items, raw_dir)
         size = self._sensor(conf, items, raw_dir)
         trials = [raw_dir / f"trials_to_{s}.txt" for s in ("train", "test")]

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, whole_recording
+from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, require_aedat4_decoder,
+                                    whole_recording)
 from pipeline.datasets.cifar10_dvs import CIFAR10DVS, split_indices
 from pipeline.datasets.dvs_gesture import DVSGesture
 from pipeline.io.aedat3 import DecodedEvents
@@ -137,6 +138,7 @@ class TonicCIFAR10DVS(_TonicAdapter):
                     self._index[p] = (ds, i)
                     out[split_name].append(Recording(p, str(p.relative_to(Path(raw_dir))),
                                                      {"label": label, "index": numbers[k]}))
+        require_aedat4_decoder([r.path for recs in out.values() for r in recs])  # tonic reads them with `aedat`
         return out
 
     def windows(self, rec: Recording, events: DecodedEvents) -> list[Window]:
