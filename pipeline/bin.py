@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -117,6 +118,8 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
     if prune:
         folder = Path(paths.frames_root) / dataset
         for stale in set(folder.iterdir()) - set(keep):
+            if re.search(r"\.(tmp|old)-\d+$", stale.name):  # another writer's work in progress (atomic_output
+                continue                                     # clears those of dead processes itself)
             print(f"pruning {stale}")
             remove_path(stale)
     return 0
