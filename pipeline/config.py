@@ -46,7 +46,8 @@ class IngestConfig:
     chunk_events: int = 1 << 18  # events per compressed chunk (read granularity)
     shard_events: int = 1 << 25  # events per Zarr shard file (a multiple of chunk_events)
     out_of_sensor: str = "error"  # error | drop (counted) for events outside the sensor
-    splits: dict[str, str] = dataclasses.field(default_factory=dict)  # dataset -> split scheme
+    splits: dict[str, str] = dataclasses.field(  # dataset -> split scheme
+        default_factory=lambda: {"dvs_gesture": "official", "digits_dvs": "official", "cifar10_dvs": "tet"})
 
     def __post_init__(self) -> None:
         _choice("ingest.format", self.format, ("zarr", "h5"))
@@ -89,8 +90,8 @@ class EvaluateConfig:
 class AugmentConfig:
     """Augmentation shared by every view of a sample (see pipeline.data.Augment)."""
 
-    flip_p: float = 0.5
-    max_shift_px: int = 5
+    flip_p: float = 0.0
+    max_shift_px: int = 2
     shift_mode: str = "roll"  # roll (TET) | translate (zero fill, NDA)
     cutout_px: int = 0
 
@@ -105,16 +106,17 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``)."""
+    """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``). The defaults are params.yaml's
+    (tested), so code that builds a config without the file gets what `make repro` runs."""
 
     method: str = "tssd"  # baseline | tsd | ssd | tssd
     arch: str = "small"  # small | gesture_net | vggsnn
-    T_s: int = 8  # student timesteps (inference cost)
-    T_t: int | None = None  # teacher timesteps; null = 2 * T_s
-    epochs: int = 10
+    T_s: int = 2  # student timesteps (inference cost)
+    T_t: int | None = 4  # teacher timesteps; null = 2 * T_s
+    epochs: int = 20
     batch_size: int = 32
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
+    lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine | constant
@@ -127,7 +129,8 @@ class TrainConfig:
     tet_lambda: float = 0.0
     teacher_grad: bool = False  # does the temporal KD term's gradient reach the teacher run?
     weak_stages: list[str] | None = None  # null = the architecture's middle stage
-    neuron: dict[str, Any] = dataclasses.field(default_factory=dict)  # models.neurons.NeuronConfig options
+    neuron: dict[str, Any] = dataclasses.field(  # models.neurons.NeuronConfig options
+        default_factory=lambda: {"tau_steps": 2.0, "v_th": 1.0, "surrogate": "rect", "alpha": 1.0})
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     in_memory: bool = True  # load frame caches into RAM
     num_workers: int = 0

@@ -989,3 +989,14 @@ def test_a_full_disk_while_writing_metrics_or_eval_is_one_line(learnable_store, 
     assert f"error: {run / 'eval.json'}: no space left on device while writing the evaluation" in \
         capsys.readouterr().err
     assert not (run / "eval.json").exists() and _no_temporaries(run) == []
+
+
+def test_dataclass_defaults_are_params_yaml():
+    """Code that builds a config without params.yaml (a library user, a test) gets the values `make repro` runs:
+    the dataclass defaults and the repository's params.yaml agree, section by section."""
+    from pipeline.config import BinConfig, EvaluateConfig, IngestConfig, PathsConfig
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for section, cls in (("paths", PathsConfig), ("ingest", IngestConfig), ("bin", BinConfig),
+                         ("train", TrainConfig), ("evaluate", EvaluateConfig)):
+        assert load_section(section, cls, params) == cls(), section
