@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 FORMAT = "tssd-frame-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the file inventory (attrs['files']) that opening checks
 SHARD_SAMPLES = 64
 _DTYPES = ("uint8", "int16", "float32")
 

@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import shutil
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,7 +79,7 @@ __all__ = [
 ]
 
 FORMAT = "tssd-event-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Zarr stores carry the file inventory (attrs['files']) that opening checks
 COLUMNS = {"x": "<u2", "y": "<u2", "t": "<i8", "p": "u1"}
 SAMPLE_ARRAYS = {"offsets": "<i8", "label": "<i2", "recording": "<i4", "window_start_us": "<i8", "window_end_us": "<i8"}
 
@@ -658,12 +657,11 @@ def list_files(root: Path) -> dict[str, int]:
 def check_files(path: Path, attrs: dict) -> dict[str, int] | None:
     """Refuse a Zarr product whose files are not exactly those written (attribute ``files``): a missing file
     (zarr would read it as the fill value, zeros), one of another size, or one that was not written. Returns the
-    inventory, or None for a product written before inventories existed (nothing to check against: warned)."""
+    inventory. Every product of this format version has one; without it nothing could be checked, so it is refused."""
     expected = attrs.get(FILES_ATTR)
     if expected is None:
-        warnings.warn(f"{path} has no file inventory (written before it was recorded), so a missing chunk file "
-                      "cannot be detected: rebuild it to get the check", stacklevel=3)
-        return None
+        raise StoreError(f"{path} has no file inventory (attrs['{FILES_ATTR}']), so a missing chunk file could not be "
+                         "detected: rebuild it")
     found = list_files(path)
     problems = [f"{rel} is missing" for rel in expected if rel not in found]
     problems += [f"{rel} has {found[rel]} bytes, {size} when written" for rel, size in expected.items()

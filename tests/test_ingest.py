@@ -19,7 +19,7 @@ from pipeline.datasets.dvs_gesture import write_recording
 from pipeline.datasets.base import Window
 from pipeline.ingest import ingest, main
 from pipeline.io.errors import RawDataError
-from pipeline.store import EventStoreWriter, StoreError, open_event_store
+from pipeline.store import FORMAT_VERSION, EventStoreWriter, StoreError, open_event_store
 
 from tests.conftest import make_gesture_tree
 
@@ -188,7 +188,7 @@ def test_store_refuses_incomplete_and_other_versions(tmp_path):
     g.attrs["format_version"] = 999
     with pytest.raises(StoreError, match="format version 999"):
         open_event_store(out)
-    g.attrs["format_version"] = 1
+    g.attrs["format_version"] = FORMAT_VERSION
     g.attrs["complete"] = False
     with pytest.raises(StoreError, match="incomplete"):
         open_event_store(out)

@@ -398,16 +398,21 @@ def test_a_damaged_frame_cache_is_refused(intact_store, tmp_path, monkeypatch, v
         ensure_frame_cache(intact_store, "train", Binning(T=2, out_size=(16, 16)), tmp_path, progress=False)
 
 
-def test_a_product_written_before_inventories_opens_with_a_warning(intact_store, tmp_path):
-    """Format version 1 products from before the inventory still read correctly; they cannot be checked: said."""
+def test_a_product_without_its_inventory_is_refused(intact_store, tmp_path):
+    """Without the inventory a missing chunk could not be detected: such a store (or one of format version 1,
+    written before inventories existed) is refused, not opened with a warning."""
     import zarr
 
-    from pipeline.store import open_event_store
+    from pipeline.store import StoreError, open_event_store
 
     store = _copy(intact_store, tmp_path / "ev.zarr")
-    del zarr.open_group(store, mode="r+").attrs["files"]
-    with pytest.warns(UserWarning, match="has no file inventory"):
-        assert len(open_event_store(store)["train"]) == 22
+    g = zarr.open_group(store, mode="r+")
+    del g.attrs["files"]
+    with pytest.raises(StoreError, match="has no file inventory"):
+        open_event_store(store)
+    g.attrs["format_version"] = 1
+    with pytest.raises(StoreError, match="format version 1, this code reads version 2"):
+        open_event_store(store)
 
 
 @pytest.mark.parametrize("cut", [1, 1000])
