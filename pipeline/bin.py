@@ -89,15 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
               file=sys.stderr)
         return 2
+    _, code = _run_or_report(cfg, store, Path(paths.frames_root), tuple(args.splits), not args.no_progress)
+    return code
+
+
+def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple[str, ...],
+                   progress: bool) -> tuple[list[Path], int]:
+    """`run`, with a refused store or output (full disk, unwritable folder) as one error line and an exit code."""
     try:
-        run(cfg, store, Path(paths.frames_root), tuple(args.splits), progress=not args.no_progress)
+        return run(cfg, store, frames_root, splits, progress), 0
     except OutputError as err:
         print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+        return [], err.exit_code
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        return [], 1
 
 
 def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,
@@ -106,15 +112,10 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
 
     train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
     store = store or default_store_path(paths, dataset, load_section("ingest", IngestConfig, params, overrides).format)
-    try:
-        keep = run(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))), store,
-                   Path(paths.frames_root), ("train", "test"), progress)
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    keep, code = _run_or_report(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))),
+                                store, Path(paths.frames_root), ("train", "test"), progress)
+    if code:
+        return code
     if prune:
         folder = Path(paths.frames_root) / dataset
         for stale in set(folder.iterdir()) - set(keep):
