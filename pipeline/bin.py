@@ -26,10 +26,10 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.config import BinConfig, IngestConfig, PathsConfig, exits_on_config_error, for_dataset, load_section
+from pipeline.config import (BinConfig, IngestConfig, PathsConfig, exits_on_config_error, for_dataset, load_section,
+                             resolve_training)
 from pipeline.frames import Binning, cache_path, ensure_frame_cache
 from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, writing
-from pipeline.ingest import default_store_path
 from pipeline.store import StoreError, open_event_store, remove_path
 
 __all__ = ["run", "main"]
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     cli = {"T": args.T, "out_size": args.out_size, "by": args.by, "semantics": args.semantics,
            "dtype": args.dtype, "format": args.format}
     cfg = dataclasses.replace(cfg, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cli.items() if v is not None})
-    store = args.store or default_store_path(paths, args.dataset,
-                                             load_section("ingest", IngestConfig, args.params, args.overrides).format)
+    store = args.store or paths.store_path(args.dataset,
+                                           load_section("ingest", IngestConfig, args.params, args.overrides).format)
     if not store.exists():
         print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
               file=sys.stderr)
@@ -108,10 +108,8 @@ def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple
 
 def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,
                   prune: bool, progress: bool) -> int:
-    from pipeline.train import resolve
-
-    train_cfg, bin_cfg, _ = resolve(dataset, params, overrides)
-    store = store or default_store_path(paths, dataset, load_section("ingest", IngestConfig, params, overrides).format)
+    train_cfg, bin_cfg, _ = resolve_training(dataset, params, overrides)
+    store = store or paths.store_path(dataset, load_section("ingest", IngestConfig, params, overrides).format)
     keep, code = _run_or_report(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))),
                                 store, Path(paths.frames_root), ("train", "test"), progress)
     if code:

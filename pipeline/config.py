@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import yaml
 
 __all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError",
-           "exits_on_config_error"]
+           "exits_on_config_error", "resolve_training"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -36,6 +36,10 @@ class PathsConfig:
     frames_root: str = "data_cache/frames"
     runs_root: str = "data_cache/runs"
     report_root: str = "data_cache/report"
+
+    def store_path(self, dataset: str, fmt: str) -> Path:
+        """Where the event store of ``dataset`` lives: ``<events_root>/<dataset>.zarr`` (or ``.h5``)."""
+        return Path(self.events_root) / f"{dataset}.{'zarr' if fmt == 'zarr' else 'h5'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,3 +323,11 @@ def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT
     data = params if isinstance(params, dict) else load_params(params)
     data = apply_overrides(data, overrides)
     return build(cls, data.get(section), section)
+
+
+def resolve_training(dataset: str, params_path: str | Path | dict = DEFAULT_PARAMS,
+                     overrides: list[str] | None = None) -> tuple[TrainConfig, BinConfig, PathsConfig]:
+    """Configs for ``dataset``: params.yaml, then ``recipes.<dataset>``, then ``--set`` overrides (which win)."""
+    return (for_dataset("train", TrainConfig, dataset, params_path, overrides),
+            for_dataset("bin", BinConfig, dataset, params_path, overrides),
+            load_section("paths", PathsConfig, params_path, overrides))

@@ -22,22 +22,10 @@ from tqdm import tqdm
 
 from pipeline.config import PathsConfig, exits_on_config_error, load_section
 from pipeline.datasets import DatasetSpec, Download, get_spec
+from pipeline.datasets.base import download_instructions
 from pipeline.io.errors import RawDataError
 
-__all__ = ["instructions", "download", "md5sum", "main"]
-
-
-def instructions(spec: DatasetSpec, raw: Path) -> str:
-    """Human instructions: what to download, from where, and where to put it."""
-    if not spec.downloads:  # a folder of the user's own recordings: nothing to download
-        return f"Put the recordings under {raw} as {spec.raw_layout(raw)} (see pipeline/datasets/recordings.py)."
-    lines = [f"To ingest {spec.name}, put the official files under {raw}:"]
-    for d in spec.downloads:
-        how = "download by hand (licence page)" if d.manual else "download"
-        lines.append(f"  - {how}: {d.url}  ->  {raw / d.filename}" + (f"  (md5 {d.md5})" if d.md5 else ""))
-    lines.append(f"  then extract them so that the layout is: {spec.raw_layout(raw)}")
-    lines.append(f"  (`python -m pipeline.download {spec.name}` verifies and extracts archives already in {raw})")
-    return "\n".join(lines)
+__all__ = ["download", "md5sum", "main"]
 
 
 def md5sum(path: Path, block: int = 1 << 22) -> str:
@@ -70,18 +58,18 @@ def _extract(archive: Path, raw: Path) -> None:
 
 def download(spec: DatasetSpec, raw: Path, timeout_s: float = 30.0) -> list[Path]:
     """Fetch (unless present), verify md5 and extract every official file. Raises RuntimeError with
-    `instructions` when a file is missing and cannot be fetched, or when a checksum does not match."""
+    `download_instructions` when a file is missing and cannot be fetched, or when a checksum does not match."""
     raw.mkdir(parents=True, exist_ok=True)
     done = []
     for d in spec.downloads:
         dest = raw / d.filename
         if not dest.is_file():
             if d.manual:
-                raise RuntimeError(f"{dest} is missing and must be downloaded by hand.\n{instructions(spec, raw)}")
+                raise RuntimeError(f"{dest} is missing and must be downloaded by hand.\n{download_instructions(spec, raw)}")
             try:
                 _fetch(d, dest, timeout_s)
             except (urllib.error.URLError, OSError, TimeoutError) as err:
-                raise RuntimeError(f"could not download {d.url}: {err}\n{instructions(spec, raw)}") from err
+                raise RuntimeError(f"could not download {d.url}: {err}\n{download_instructions(spec, raw)}") from err
         if d.md5 and (got := md5sum(dest)) != d.md5:
             raise RuntimeError(f"{dest}: md5 {got} does not match the official {d.md5}; delete it and retry")
         _extract(dest, raw)
@@ -106,7 +94,7 @@ def check_params(params: Path) -> int:
             spec.recordings(raw_root / name, p.get("ingest", {}).get("splits", {}).get(name, spec.default_split))
         except MissingRawDataError as err:
             missing += 1
-            print(f"error: {name}: {err}\n{instructions(spec, raw_root / name)}\n", file=sys.stderr)
+            print(f"error: {name}: {err}\n{download_instructions(spec, raw_root / name)}\n", file=sys.stderr)
         except RawDataError as err:  # present but malformed (a trials list naming a recording twice, ...)
             missing += 1
             print(f"error: {name}: {err}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
 from pipeline.guards import OutputError, check_writable, writing
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
-from pipeline.train import CheckpointError, load_run
+from pipeline.runs import CheckpointError, load_run
 
 __all__ = ["evaluate_run", "main"]
 
@@ -62,7 +62,7 @@ class _OpCounter:
 
 @torch.no_grad()
 def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
-    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.train.load_run`) at each T."""
+    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) at each T."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     store = open_event_store(ckpt["store_path"])
     if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set

@@ -10,10 +10,10 @@ study continues where it stopped. `make study` runs it on digits_dvs and refresh
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import evaluate, train
 from pipeline.config import PathsConfig, exits_on_config_error, load_section
 
 __all__ = ["main"]
@@ -38,13 +38,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{out}: done, skipped")
                 continue
             print(f"== {args.dataset} {method} seed {seed} -> {out}", flush=True)
-            code = train.main([args.dataset, "--method", method, "--out", str(out), "--set", f"train.seed={seed}",
-                               *common])
-            if code:
-                return code
-            code = evaluate.main([str(out), *common])
-            if code:
-                return code
+            for stage, stage_args in (("train", [args.dataset, "--method", method, "--out", str(out),
+                                                  "--set", f"train.seed={seed}"]),
+                                      ("evaluate", [str(out)])):  # the stages as DVC runs them, one process each
+                code = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *stage_args, *common]).returncode
+                if code:
+                    return code
     return 0
 
 

@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -42,14 +41,14 @@ from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from models.neurons import configure_cpu
 from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig,
-                             exits_on_config_error, for_dataset, load_section)
+                             exits_on_config_error, load_section, resolve_training)
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, cache_path, ensure_frame_cache
-from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, nbytes_of, writing
-from pipeline.ingest import default_store_path
-from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
+from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, writing
+from pipeline.runs import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.store import StoreError, open_event_store, write_atomic
 
-__all__ = ["run", "main", "TrainingDiverged", "CheckpointError", "Pair", "load_run", "load_checkpoint"]
+__all__ = ["run", "main", "TrainingDiverged", "Pair"]
 
 HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", "ssd", "weak_task", "train_acc",
                   "test_acc", "test_acc_teacher", "epoch_s"]
@@ -57,10 +56,6 @@ HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
-class CheckpointError(ValueError):
-    """A run's checkpoint is missing, truncated or corrupt."""
 
 
 class Pair(nn.Module):
@@ -103,25 +98,6 @@ def _caches(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], pro
     return out
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """torch.save under a temporary name, then rename; a failed save (a full disk) leaves no temporary behind
-    and is one DiskFullError line naming the checkpoint and its size."""
-    with writing("checkpoint", path, nbytes_of(obj), "its tensors: model, optimizer state"):
-        with atomic_output(path) as tmp:
-            torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
-    """``torch.load`` of a run's checkpoint; a truncated or corrupt file is a CheckpointError naming it."""
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found; train first (python -m pipeline.train)") from None
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({err}); "
-                              "re-train without --resume, or restore the file") from None
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, view: str, amp: bool) -> float:
     """Top-1 accuracy of the time-averaged logits on ``view`` of every batch (all ranks' shares summed)."""
@@ -143,16 +119,6 @@ def _autocast(device: torch.device, amp: bool):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
-
-
-def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
-    """The deployable network of a run (no weak heads) and its checkpoint."""
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", device)
-    m = ckpt["model_args"]
-    net = build_model(m["arch"], in_channels=m["in_channels"], n_classes=m["n_classes"], input_hw=m["input_hw"],
-                      weak_stages=tuple(m["weak_stages"]), neuron=m["neuron"], t_ref=m["t_ref"])
-    net.load_state_dict(ckpt["model"])
-    return net.deploy().to(device), ckpt
 
 
 def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
@@ -334,7 +300,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
             terms = " ".join(f"{k}={row[k]:.3f}" for k in ("task_student", "task_teacher", "tsd", "ssd") if row[k] != "")
             print(f"epoch {epoch + 1:>3}/{cfg.epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
                   f"test@T_s={test_acc:.3f} test@T_t={test_acc_t:.3f} lr={lr:.4g} {epoch_s:.1f}s", flush=True)
-            _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "scaler": scaler.state_dict(),
                           "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
                           "model_args": model_args, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
@@ -374,13 +340,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-def resolve(dataset: str, params_path: Path, overrides: list[str]) -> tuple[TrainConfig, BinConfig, PathsConfig]:
-    """Configs for ``dataset``: params.yaml, then ``recipes.<dataset>``, then ``--set`` overrides (which win)."""
-    return (for_dataset("train", TrainConfig, dataset, params_path, overrides),
-            for_dataset("bin", BinConfig, dataset, params_path, overrides),
-            load_section("paths", PathsConfig, params_path, overrides))
-
-
 @exits_on_config_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
@@ -399,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.method={args.method}")
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
-    cfg, bin_cfg, paths = resolve(args.dataset, args.params, overrides)
+    cfg, bin_cfg, paths = resolve_training(args.dataset, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, args.overrides)
-    store = args.store or default_store_path(paths, args.dataset, ingest_cfg.format)
+    store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
         check_writable(out, "run (checkpoint, history, metrics)")  # before an ingest-first, too
@@ -425,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ingest_first(dataset: str, store: Path, paths: PathsConfig, ingest_cfg: IngestConfig) -> int:
     """No event store yet: ingest the raw files if they are there, else say what to download and where."""
     from pipeline.datasets import get_spec
-    from pipeline.ingest import ingest_and_report
+    from pipeline.ingestion import ingest_and_report
 
     raw = Path(paths.raw_root) / dataset
     print(f"event store {store} not found: ingesting {raw} first")

@@ -9,7 +9,7 @@ in pipeline/ or models/ imports them)::
                         + get_aer_events_from_file)
     SpikingJelly 2.0.0  datasets.cifar10_dvs._load_origin_data         pipeline.io.aedat2.read_aedat20 (orientation)
     tonic 1.7.0         io.read_dvs_128                                pipeline.io.aedat2.read_aedat20
-    SpikingJelly 2.0.0  DVS128Gesture.create_raw_from_extracted        pipeline.ingest.ingest (dvs_gesture samples)
+    SpikingJelly 2.0.0  DVS128Gesture.create_raw_from_extracted        pipeline.ingestion.ingest (dvs_gesture samples)
     SpikingJelly 2.0.0  datasets.utils.                                pipeline.binning.to_frames(
                         integrate_events_by_fixed_frames_number          semantics="spikingjelly")
 

@@ -660,7 +660,7 @@ def _windows(*bounds):
 @pytest.fixture
 def no_reads(monkeypatch):
     """Fail the test if ingest reads (and hashes) a recording: refusals must come before any of that work."""
-    import pipeline.ingest as ingest_mod
+    import pipeline.ingestion as ingest_mod
 
     def refuse(rec):
         raise AssertionError(f"{rec.path} was read before the plan was refused")

@@ -11,7 +11,7 @@ from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 
 __all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "MissingDecoderError",
-           "require_aedat4_decoder", "whole_recording", "read_listing", "check_disjoint"]
+           "require_aedat4_decoder", "whole_recording", "read_listing", "check_disjoint", "download_instructions"]
 
 
 class MissingRawDataError(FileNotFoundError):
@@ -143,3 +143,16 @@ def check_disjoint(listings: dict[str, tuple[Path, list[tuple[int, str]]]]) -> N
                 raise RawDataError(path, f"{name!r} is also listed in {first} (row {first_row}): a recording in two "
                                          "splits would put the same samples on both sides", row=row)
             owner[name] = (path, row)
+
+
+def download_instructions(spec: DatasetSpec, raw: Path) -> str:
+    """Human instructions: what to download, from where, and where to put it."""
+    if not spec.downloads:  # a folder of the user's own recordings: nothing to download
+        return f"Put the recordings under {raw} as {spec.raw_layout(raw)} (see pipeline/datasets/recordings.py)."
+    lines = [f"To ingest {spec.name}, put the official files under {raw}:"]
+    for d in spec.downloads:
+        how = "download by hand (licence page)" if d.manual else "download"
+        lines.append(f"  - {how}: {d.url}  ->  {raw / d.filename}" + (f"  (md5 {d.md5})" if d.md5 else ""))
+    lines.append(f"  then extract them so that the layout is: {spec.raw_layout(raw)}")
+    lines.append(f"  (`python -m pipeline.download {spec.name}` verifies and extracts archives already in {raw})")
+    return "\n".join(lines)
