@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(err))
     raw = args.raw or Path(paths.raw_root) / spec.name
     if args.from_tonic:
-        from pipeline.io.tonic_trees import tonic_spec
+        from pipeline.datasets.tonic_trees import tonic_spec
 
         spec, raw = tonic_spec(args.dataset), args.from_tonic
     out = args.out or paths.store_path(spec.name, cfg.format)

@@ -36,8 +36,8 @@ from tqdm import tqdm
 from pipeline.config import IngestConfig
 from pipeline.datasets import DatasetSpec, MissingRawDataError
 from pipeline.datasets.base import MissingDecoderError, Recording, download_instructions
+from pipeline.events import DecodedEvents
 from pipeline.guards import EVENT_BYTES, OutputError, check_writable, disk_full, human_bytes, is_disk_full
-from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, StoreError, stable_hash
 

@@ -14,7 +14,7 @@ import pytest
 from pipeline.config import IngestConfig
 from pipeline.datasets.cifar10_dvs import CLASSES
 from pipeline.ingest import ingest, main
-from pipeline.io.tonic_trees import tonic_spec
+from pipeline.datasets.tonic_trees import tonic_spec
 from pipeline.store import open_event_store
 from tests.dv_files import write_dv
 

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from pipeline.events import SensorSize
-from pipeline.io.aedat3 import DecodedEvents
+from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io.errors import RawDataError
 
 __all__ = ["Recording", "Window", "Download", "DatasetSpec", "MissingRawDataError", "MissingDecoderError",

@@ -30,9 +30,8 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, whole_recording
-from pipeline.events import SensorSize
+from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat2
-from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 
 __all__ = ["SPEC", "CIFAR10DVS", "CLASSES", "split_indices"]

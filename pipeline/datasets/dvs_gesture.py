@@ -22,9 +22,8 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, check_disjoint, read_listing
-from pipeline.events import SensorSize
+from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat3
-from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.errors import RawDataError
 
 __all__ = ["SPEC", "DVSGesture", "read_label_csv", "CLASSES"]

@@ -65,9 +65,8 @@ import numpy as np
 
 from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, require_aedat4_decoder,
                                     whole_recording)
-from pipeline.events import SensorSize
+from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat2, aedat3, arrays
-from pipeline.io.aedat3 import DecodedEvents
 from pipeline.io.aedat_header import SUPPORTED, sniff_version
 from pipeline.io.errors import RawDataError
 

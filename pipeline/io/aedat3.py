@@ -34,17 +34,16 @@ their exact output rows (packets are independent, so the result does not depend 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 import numba as nb
 import numpy as np
 
+from pipeline.events import DecodedEvents
 from pipeline.io.aedat_header import version_line
 from pipeline.io.errors import RawDataError
 
 __all__ = [
     "READER_VERSION",
-    "DecodedEvents",
     "read_aedat31",
     "decode_aedat31",
     "write_aedat31",
@@ -68,17 +67,6 @@ _MESSAGES = {
     _ERR_NUM_GT_CAP: "eventNumber exceeds eventCapacity ({detail})",
     _ERR_ZERO_SIZE: "eventSize 0 with a non-zero eventCapacity ({detail})",
 }
-
-
-class DecodedEvents(NamedTuple):
-    """Columnar polarity events of one recording plus the counts of everything not kept."""
-
-    x: np.ndarray  # uint16 (N,)
-    y: np.ndarray  # uint16 (N,)
-    t: np.ndarray  # int64 (N,) µs
-    p: np.ndarray  # uint8 (N,)
-    counts: dict[str, int]
-    header: dict | None = None  # what the file's header says: {"format": "AEDAT 3.1", "source": "DVS128", ...}
 
 
 @nb.njit(cache=True, nogil=True)

@@ -48,7 +48,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from pipeline.io.aedat3 import DecodedEvents
+from pipeline.events import DecodedEvents
 from pipeline.io.aedat_header import version_line
 from pipeline.io.errors import RawDataError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.io.aedat3 import DecodedEvents
+from pipeline.events import DecodedEvents
 from pipeline.io.errors import RawDataError
 
 __all__ = ["READER_VERSION", "NPY_MAGIC", "HDF5_MAGIC", "decode_npy", "decode_h5", "h5_sensor_size", "write_npy"]

@@ -23,7 +23,7 @@ from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Wi
                                     whole_recording)
 from pipeline.datasets.cifar10_dvs import CIFAR10DVS, split_indices
 from pipeline.datasets.dvs_gesture import DVSGesture
-from pipeline.io.aedat3 import DecodedEvents
+from pipeline.events import DecodedEvents
 
 __all__ = ["TonicDVSGesture", "TonicCIFAR10DVS", "tonic_spec"]
 
