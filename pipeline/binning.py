@@ -86,7 +86,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import threading
 import warnings
 
 import numpy as np
@@ -98,6 +97,7 @@ from numba.extending import overload
 from numba.np.numpy_support import from_dtype
 
 from pipeline.events import SensorSize
+from pipeline.runtime import PARALLEL_LOCK  # the workqueue threading layer and its one-launch-at-a-time rule
 
 __all__ = ["SEMANTICS", "DTYPES", "SaturationWarning", "to_frames", "bin_events", "bin_batch"]
 
@@ -117,9 +117,6 @@ _FIELDS = {"x": np.dtype("<u2"), "y": np.dtype("<u2"), "t": np.dtype("<i8"), "p"
 #: vs 10.1 ms, 16 M 38.6 vs 24.5 ms. Per-sample calls usually run where every core is already busy (one
 #: DataLoader worker per core), which is where the parallel kernel gains least.
 _PARALLEL_MIN_EVENTS = 2_000_000
-#: Held while `_bin_sample` runs: Numba's workqueue threading layer (the one `pipeline` selects) aborts the whole
-#: process when two threads launch parallel kernels at once, so a second thread bins serially instead.
-_PARALLEL_LOCK = threading.Lock()
 
 
 class SaturationWarning(UserWarning):
@@ -719,11 +716,11 @@ def bin_events(
     frames = np.empty((n_frames, sensor.polarities, height, width), dtype=out_dtype)
     args = (*_event_source(events, cols), starts, ends, sensor.width, sensor.height, out_size is None, xmap, yoff,
             pstride, maxval, frames.reshape(-1))
-    if n >= _PARALLEL_MIN_EVENTS and _PARALLEL_LOCK.acquire(blocking=False):
+    if n >= _PARALLEL_MIN_EVENTS and PARALLEL_LOCK.acquire(blocking=False):
         try:
             lost, bad = _bin_sample(*args)
         finally:
-            _PARALLEL_LOCK.release()
+            PARALLEL_LOCK.release()
     else:
         lost, bad = _bin_sample_serial(*args)
     if bad >= 0:
@@ -858,7 +855,7 @@ def bin_batch(
     lost = np.zeros(n_samples, np.int64)
     bad = np.full(n_samples, -1, np.int64)
     if n_samples:
-        with _PARALLEL_LOCK:  # one parallel launch at a time (see _PARALLEL_LOCK); a second caller waits its turn
+        with PARALLEL_LOCK:  # one parallel launch at a time (pipeline.runtime); a second caller waits its turn
             _bin_batch_kernel(
                 x, y, t, p, offsets, sensor.width, sensor.height, mode, sem, n_bins, ov, out_size is None, xmap,
                 yoff, pstride, maxval, out.reshape(n_samples, -1), lost, bad,

@@ -226,3 +226,32 @@ def test_aedat20_arbitrary_bytes_only_raise_raw_data_error(data, with_header):
         decode_aedat20((b"#!AER-DAT2.0\r\n" if with_header else b"") + data, "fuzz.aedat")
     except RawDataError:
         pass
+
+
+def test_aedat31_decode_from_several_threads():
+    """Numba's workqueue layer aborts the process when two threads launch parallel kernels at once; the AEDAT 3.1
+    decoder's parallel passes hold pipeline.runtime.PARALLEL_LOCK, so threads can decode files side by side."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, numpy as np\n"
+        "from pipeline.io.aedat3 import decode_aedat31, encode_packet, polarity_payload, POLARITY_EVENT\n"
+        "rng = np.random.default_rng(0)\n"
+        "n = 20000\n"
+        "t = np.sort(rng.integers(0, 10**6, n))\n"
+        "payload = polarity_payload(rng.integers(0, 128, n), rng.integers(0, 128, n), t, rng.integers(0, 2, n))\n"
+        "head = b'#!AER-DAT3.1\\r\\n#Format: RAW\\r\\n#!END-HEADER\\r\\n'\n"
+        "data = head + b''.join(encode_packet(POLARITY_EVENT, payload[i:i + 8000], event_size=8)\n"
+        "                       for i in range(0, len(payload), 8000))\n"
+        "ref = decode_aedat31(data).t\n"
+        "ok = []\n"
+        "def work():\n"
+        "    for _ in range(200):\n"
+        "        ok.append(np.array_equal(decode_aedat31(data).t, ref))\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[th.start() for th in threads]; [th.join() for th in threads]\n"
+        "assert len(ok) == 800 and all(ok)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -41,6 +41,7 @@ import numpy as np
 from pipeline.events import DecodedEvents
 from pipeline.io.aedat_header import version_line
 from pipeline.io.errors import RawDataError
+from pipeline.runtime import PARALLEL_LOCK  # the workqueue threading layer and its one-launch-at-a-time rule
 
 __all__ = [
     "READER_VERSION",
@@ -208,14 +209,16 @@ def decode_aedat31(buf: bytes | np.ndarray, path: str | Path = "<buffer>") -> De
         raise RawDataError(path, _MESSAGES[err].format(detail=detail), offset=int(off))
     pos, num, overflow = _polarity_table(buf, start, n_packets)
     first = np.zeros(len(pos) + 1, np.int64)
-    np.cumsum(_count_valid(buf, pos, num), out=first[1:])
+    with PARALLEL_LOCK:  # one parallel launch at a time (pipeline.runtime)
+        np.cumsum(_count_valid(buf, pos, num), out=first[1:])
     kept = int(first[-1])
     invalid = n_pol - kept
     x = np.empty(kept, np.uint16)
     y = np.empty(kept, np.uint16)
     t = np.empty(kept, np.int64)
     p = np.empty(kept, np.uint8)
-    _decode_packets(buf, pos, num, overflow, first, x, y, t, p)
+    with PARALLEL_LOCK:
+        _decode_packets(buf, pos, num, overflow, first, x, y, t, p)
     counts = {
         "packets": int(n_packets),
         "events_read": int(n_pol),
