@@ -1,5 +1,5 @@
-"""digits_dvs: the DVS emulator's model (against a slow per-microsecond reference), determinism, the
-DVS-Gesture on-disk layout, and the generate -> ingest -> event store round trip."""
+"""digits_dvs: its recordings obey the emulator's model (the model itself: tests/test_emulator.py), determinism,
+the DVS-Gesture on-disk layout, and the generate -> ingest -> event store round trip."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pipeline.generate import main as generate_main
 from pipeline.generate import run as generate
 from pipeline.ingest import ingest
 from pipeline.store import open_event_store
+from tests.test_emulator import per_pixel_min_gap
 
 SMALL = dict(n_samples=24, users=4, test_users=1)  # 8 recordings of 3 digits
 
@@ -27,79 +28,6 @@ def small(**kw) -> DigitsDVSConfig:
 def quiet(**kw) -> DigitsDVSConfig:
     """No shot noise in any condition."""
     return small(conditions={"lab": Condition(0.1, 0.0), "natural": Condition(0.25, 0.0)}, **kw)
-
-
-def per_pixel_min_gap(ev: np.ndarray, width: int) -> int:
-    """Smallest time between two events of the same pixel (a large number when no pixel fires twice)."""
-    pix = ev["y"].astype(np.int64) * width + ev["x"]
-    order = np.lexsort((ev["t"], pix))
-    same = pix[order][1:] == pix[order][:-1]
-    gaps = np.diff(ev["t"][order])[same]
-    return int(gaps.min()) if len(gaps) else 1 << 62
-
-
-# ------------------------------------------------------------------------------------------ pixel model
-def reference_events(L: np.ndarray, dt_us: int, th_on, th_off, refractory_us: int, noise) -> set:
-    """The model stepped tick by tick (1 µs), the obvious way. L (n_steps, P); noise: per pixel [(t, p)]."""
-    n_steps, n_pix = L.shape
-    out = set()
-    for i in range(n_pix):
-        ref, release = L[0, i], -1
-        pending = {}
-        for t, p in noise[i]:
-            pending.setdefault(t, []).append(p)
-        for t in range(1, (n_steps - 1) * dt_us + 1):
-            k = -(-t // dt_us)
-            t0 = (k - 1) * dt_us
-            lt = L[k - 1, i] + (L[k, i] - L[k - 1, i]) / dt_us * (t - t0)
-            if t < release:  # held in reset: the reference follows, nothing fires
-                ref = lt
-                continue
-            if t == release:
-                ref = lt
-            if lt - ref >= th_on[i] or ref - lt >= th_off[i]:
-                out.add((i, t, int(lt > ref)))
-                ref, release = lt, t + refractory_us
-            for p in pending.get(t, []):
-                if t >= release:
-                    out.add((i, t, int(p)))
-                    ref, release = lt, t + refractory_us
-    return out
-
-
-@pytest.mark.parametrize("seed,refractory_us", [(0, 300), (1, 0), (2, 1000), (3, 50)])
-def test_pixel_model_matches_microsecond_reference(seed, refractory_us):
-    rng = np.random.default_rng(seed)
-    n_steps, h, w, dt_us = 30, 2, 3, 200
-    L = np.cumsum(rng.normal(0, 0.35, (n_steps, h, w)), axis=0)
-    th_on = rng.uniform(0.1, 0.3, (h, w))
-    th_off = rng.uniform(0.1, 0.3, (h, w))
-    ptr, nt, npol = D._shot_noise(np.random.default_rng(seed + 100), h * w, (n_steps - 1) * dt_us, 1500.0)
-    got = D.emulate_log(L, dt_us, th_on, th_off, refractory_us, 1500.0, np.random.default_rng(seed + 100))
-    noise = [list(zip(nt[ptr[i]:ptr[i + 1]].tolist(), npol[ptr[i]:ptr[i + 1]].tolist())) for i in range(h * w)]
-    want = reference_events(L.reshape(n_steps, -1), dt_us, th_on.ravel(), th_off.ravel(), refractory_us, noise)
-    got_set = {(int(y) * w + int(x), int(t), int(p)) for x, y, t, p in got[["x", "y", "t", "p"]].tolist()}
-    assert len(got) == len(got_set) == len(want) > 20
-    assert got_set == want
-    assert np.all(np.diff(got["t"]) >= 0)
-    assert per_pixel_min_gap(got, w) >= max(refractory_us, 1)
-
-
-def test_static_scene_without_noise_emits_nothing():
-    L = np.full((500, 8, 8), np.log(0.3))
-    L[:, 2:5, 3:6] = 0.0  # a static pattern
-    assert len(D.emulate_log(L, 500, 0.2, 0.2, 1000)) == 0
-
-
-def test_change_spanning_several_thresholds_gives_several_events_in_one_step():
-    L = np.zeros((3, 1, 1))
-    L[2:] = 1.0  # +1.0 during the second step (1024, 2048]; thresholds 0.25 -> 4 ON events in that step
-    ev = D.emulate_log(L, 1024, 0.25, 0.25, refractory_us=0)
-    assert np.all(ev["p"] == 1)
-    np.testing.assert_array_equal(ev["t"], [1280, 1536, 1792, 2048])
-    # a 300 µs refractory period loses the change during each reset: ref = L(1580), next crossing 256 µs later
-    ev = D.emulate_log(L, 1024, 0.25, 0.25, refractory_us=300)
-    np.testing.assert_array_equal(ev["t"], [1280, 1836])
 
 
 # ------------------------------------------------------------------------------------------ recordings

@@ -40,30 +40,18 @@ Scene (per recording; positions in sensor pixels, x right, y down, pixel centres
   * The digit's rest position is centred: its top-left corner is at ``(sensor - digit_px - A) / 2`` plus the
     sweep offset.
 
-Pixel model (per pixel, independent; ``log_intensity`` sampled every ``dt_us`` and linear in between):
-  * Thresholds: one sensor for the whole dataset. Per-pixel ON and OFF contrast thresholds are drawn once,
+Camera: `pipeline.emulator` (its docstring states the pixel model: log intensity, ON/OFF contrast thresholds,
+refractory period, shot noise). Each recording is one emulator `Scene`: canvas 0 blank, canvas ``i + 1`` digit
+``i``, translated by the saccade offsets, sampled every ``dt_us``. The dataset's choices on top of the model:
+  * One sensor for the whole dataset: per-pixel ON and OFF thresholds are drawn once,
     ``theta ~ N(threshold_mean, threshold_std)`` clipped below at ``threshold_min`` (``default_rng([seed, 1])``).
-  * The pixel keeps a reference ``ref`` (initially the log intensity at t = 0). It emits ON (p = 1) when
-    ``L(t) - ref >= theta_on`` and OFF (p = 0) when ``ref - L(t) >= theta_off``. The timestamp is the first
-    whole microsecond at which the linearly interpolated ``L`` reaches the threshold (so events fall anywhere
-    inside a step, not on the step grid), and a change that spans several thresholds inside one step gives
-    several events, each at its own crossing time, whenever the refractory period allows it.
-  * Refractory period: after an event at ``t_e`` the pixel is held in reset until ``t_e + refractory_us``:
-    no event (signal or noise) can occur in ``[t_e, t_e + refractory_us)`` and the reference follows the log
-    intensity, ending at ``ref = L(t_e + refractory_us)`` (changes during the reset are lost, as on the chip).
-  * Shot noise: a Poisson process of ``noise_hz`` events per second per pixel (the condition's), uniform
-    timestamps, polarity ON/OFF with probability 1/2 (``default_rng([seed, 2, recording])``). A noise event
-    is a spurious reset: it obeys and restarts the refractory period (noise falling inside one is dropped),
-    and it sets ``ref`` like any event.
-  * A static scene without noise therefore emits nothing; no pixel ever fires twice within
-    ``refractory_us``.
+  * Shot noise at the condition's ``noise_hz``, drawn from ``default_rng([seed, 2, recording])``.
 
 Parameters (`DigitsDVSConfig`, the ``digits_dvs:`` section of params.yaml): seed, n_samples, users,
 test_users, conditions {name: {background, noise_hz}}, sensor, digit_px, oversample, saccade_px, saccade_us,
 n_saccades, gap_us, dt_us, threshold_mean, threshold_std, threshold_min, refractory_us.
 
-Kernels (`_pixel_events`, `_emulate_scene`) are Numba, pure array -> array; everything is deterministic by
-seed and independent of the number of worker threads.
+Everything is deterministic by seed and independent of the number of worker threads.
 """
 
 from __future__ import annotations
@@ -76,14 +64,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
-import numba as nb
 import numpy as np
 from scipy import ndimage
 
+from pipeline import emulator
 from pipeline.config import ConfigError
 from pipeline.datasets.base import MissingRawDataError, Recording, Window
 from pipeline.datasets.dvs_gesture import DVSGesture
-from pipeline.events import SensorSize, make_events
+from pipeline.events import SensorSize
 from pipeline.io.errors import RawDataError
 
 __all__ = [
@@ -100,7 +88,6 @@ __all__ = [
     "draw_thresholds",
     "Schedule",
     "schedule",
-    "emulate_log",
     "emulate_recording",
     "SynthRecording",
     "synthesize",
@@ -296,11 +283,8 @@ def plan_recordings(cfg: DigitsDVSConfig, labels: np.ndarray | None = None) -> l
 
 def draw_thresholds(cfg: DigitsDVSConfig) -> tuple[np.ndarray, np.ndarray]:
     """The sensor's per-pixel (ON, OFF) contrast thresholds, float64 (H, W) each, shared by every recording."""
-    rng = np.random.default_rng([cfg.seed, 1])
-    shape = (cfg.sensor, cfg.sensor)
-    on = rng.normal(cfg.threshold_mean, cfg.threshold_std, shape)
-    off = rng.normal(cfg.threshold_mean, cfg.threshold_std, shape)
-    return np.maximum(on, cfg.threshold_min), np.maximum(off, cfg.threshold_min)
+    return emulator.draw_thresholds(np.random.default_rng([cfg.seed, 1]), (cfg.sensor, cfg.sensor),
+                                    cfg.threshold_mean, cfg.threshold_std, cfg.threshold_min)
 
 
 # ------------------------------------------------------------------------------------------ scene
@@ -361,200 +345,7 @@ def _canvases(images8: np.ndarray, background: float, cfg: DigitsDVSConfig) -> n
     return out
 
 
-# ------------------------------------------------------------------------------------------ kernels
-@nb.njit(cache=True, nogil=True)
-def _pixel_events(L, dt_us, theta_on, theta_off, refractory_us, noise_t, noise_p, out_t, out_p):
-    """One pixel's events from its log intensity ``L`` (n_steps,) sampled every ``dt_us`` µs (linear between
-    samples), plus its sorted candidate noise times/polarities. Writes times (int64 µs) and polarities into
-    ``out_t``/``out_p``; returns the count, or -1 when the buffers are too small."""
-    n = 0
-    ref = L[0]
-    release = np.int64(-1)  # the pixel is held in reset while t < release
-    ni = 0
-    nn = noise_t.shape[0]
-    cap = out_t.shape[0]
-    for k in range(1, L.shape[0]):
-        t0 = np.int64(k - 1) * dt_us
-        t1 = t0 + dt_us
-        L0 = L[k - 1]
-        L1 = L[k]
-        slope = (L1 - L0) / dt_us
-        ts = t0
-        while True:
-            if release >= t1:  # held through the whole rest of the step: the reference follows
-                ref = L1
-                break
-            if release > ts:  # the hold ends inside this step
-                ts = release
-                ref = L0 + slope * (ts - t0)
-            while ni < nn and noise_t[ni] < ts:  # noise candidates that fell inside a hold are dropped
-                ni += 1
-            te = np.int64(-1)
-            pol = 0
-            if L1 - ref >= theta_on:
-                tc = t0 + (ref + theta_on - L0) / slope
-                te = np.int64(np.ceil(tc))
-                pol = 1
-            elif ref - L1 >= theta_off:
-                tc = t0 + (ref - theta_off - L0) / slope
-                te = np.int64(np.ceil(tc))
-                pol = 0
-            if te >= 0:
-                te = min(max(te, ts + 1), t1)  # guard float rounding: a crossing lies in (ts, t1]
-            if ni < nn and noise_t[ni] <= t1 and (te < 0 or noise_t[ni] < te):
-                te = noise_t[ni]
-                pol = noise_p[ni]
-                ni += 1
-            elif te < 0:
-                break
-            if n == cap:
-                return -1
-            out_t[n] = te
-            out_p[n] = pol
-            n += 1
-            ts = te
-            ref = L0 + slope * (te - t0)
-            release = te + refractory_us
-    return n
-
-
-@nb.njit(cache=True, nogil=True)
-def _interp_axis(f, size):
-    """Left sample index and weight of the right one for bilinear interpolation at ``f``, clamped to the edge."""
-    if f <= 0.0:
-        return 0, 0.0
-    if f >= size - 1:
-        return size - 2, 1.0
-    i = int(f)
-    return i, f - i
-
-
-@nb.njit(cache=True, nogil=True)
-def _render_pixel(canvases, image, dx, dy, oversample, x, y, out):
-    """Bilinear sample of the log canvases at pixel (x, y)'s centre for every scene step; clamps at the edge."""
-    hc = canvases.shape[1]
-    wc = canvases.shape[2]
-    for k in range(image.shape[0]):
-        fx = (x + 0.5 - dx[k]) * oversample - 0.5
-        fy = (y + 0.5 - dy[k]) * oversample - 0.5
-        ix, ax = _interp_axis(fx, wc)
-        iy, ay = _interp_axis(fy, hc)
-        c = canvases[image[k]]
-        top = (1.0 - ax) * c[iy, ix] + ax * c[iy, ix + 1]
-        bot = (1.0 - ax) * c[iy + 1, ix] + ax * c[iy + 1, ix + 1]
-        out[k] = (1.0 - ay) * top + ay * bot
-
-
-@nb.njit(cache=True, nogil=True)
-def _run_pixel(L, dt_us, th_on, th_off, refractory_us, nt, npol):
-    """Allocate a buffer that provably fits (each signal event needs a log change >= its threshold since the
-    last release) and run `_pixel_events`."""
-    tv = 0.0
-    for k in range(1, L.shape[0]):
-        tv += abs(L[k] - L[k - 1])
-    bound = int(tv / min(th_on, th_off)) + nt.shape[0] + 4
-    buf_t = np.empty(bound, np.int64)
-    buf_p = np.empty(bound, np.uint8)
-    m = _pixel_events(L, dt_us, th_on, th_off, refractory_us, nt, npol, buf_t, buf_p)
-    if m < 0:
-        raise RuntimeError("digits_dvs: event buffer bound violated")
-    return buf_t[:m], buf_p[:m]
-
-
-@nb.njit(cache=True, nogil=True)
-def _append(out_t, out_p, out_pix, n, bt, bp, pix):
-    """Append one pixel's events to growable outputs (capacity doubles); returns the (possibly new) arrays."""
-    m = bt.shape[0]
-    if n + m > out_t.shape[0]:
-        cap = out_t.shape[0]
-        while n + m > cap:
-            cap *= 2
-        grown_t, grown_p, grown_pix = np.empty(cap, np.int64), np.empty(cap, np.uint8), np.empty(cap, np.int32)
-        grown_t[:n] = out_t[:n]
-        grown_p[:n] = out_p[:n]
-        grown_pix[:n] = out_pix[:n]
-        out_t, out_p, out_pix = grown_t, grown_p, grown_pix
-    out_t[n:n + m] = bt
-    out_p[n:n + m] = bp
-    out_pix[n:n + m] = pix
-    return out_t, out_p, out_pix
-
-
-@nb.njit(cache=True, nogil=True)
-def _emulate_scene(canvases, image, dx, dy, oversample, width, height, dt_us, theta_on, theta_off,
-                   refractory_us, noise_ptr, noise_t, noise_p):
-    """All pixels of a rendered scene -> events (t int64, p uint8, pixel index int32 = y * width + x), pixel-major.
-
-    canvases: log intensity (K, Hc, Wc); image int32 (n_steps,) canvas per step; dx, dy (n_steps,) offsets;
-    theta_on/off (height, width); noise as CSR per pixel (ptr (width*height + 1,), t sorted, p)."""
-    L = np.empty(image.shape[0], np.float64)
-    out_t, out_p, out_pix = np.empty(1 << 16, np.int64), np.empty(1 << 16, np.uint8), np.empty(1 << 16, np.int32)
-    n = 0
-    for y in range(height):
-        for x in range(width):
-            pix = y * width + x
-            _render_pixel(canvases, image, dx, dy, oversample, x, y, L)
-            a, b = noise_ptr[pix], noise_ptr[pix + 1]
-            bt, bp = _run_pixel(L, dt_us, theta_on[y, x], theta_off[y, x], refractory_us, noise_t[a:b], noise_p[a:b])
-            out_t, out_p, out_pix = _append(out_t, out_p, out_pix, n, bt, bp, pix)
-            n += bt.shape[0]
-    return out_t[:n], out_p[:n], out_pix[:n]
-
-
-@nb.njit(cache=True, nogil=True)
-def _emulate_log(L, dt_us, theta_on, theta_off, refractory_us, noise_ptr, noise_t, noise_p):
-    """Like `_emulate_scene` for given log intensities ``L`` (n_pixels, n_steps) and thresholds (n_pixels,)."""
-    out_t, out_p, out_pix = np.empty(1 << 10, np.int64), np.empty(1 << 10, np.uint8), np.empty(1 << 10, np.int32)
-    n = 0
-    for pix in range(L.shape[0]):
-        a, b = noise_ptr[pix], noise_ptr[pix + 1]
-        bt, bp = _run_pixel(L[pix], dt_us, theta_on[pix], theta_off[pix], refractory_us, noise_t[a:b], noise_p[a:b])
-        out_t, out_p, out_pix = _append(out_t, out_p, out_pix, n, bt, bp, pix)
-        n += bt.shape[0]
-    return out_t[:n], out_p[:n], out_pix[:n]
-
-
-# ------------------------------------------------------------------------------------------ wrappers
-def _shot_noise(rng: np.random.Generator, n_pixels: int, duration_us: int, rate_hz: float):
-    """Poisson candidate noise per pixel: CSR (ptr int64 (n_pixels + 1,), t int64 sorted per pixel in
-    [1, duration_us], p uint8)."""
-    counts = rng.poisson(rate_hz * duration_us * 1e-6, n_pixels)
-    total = int(counts.sum())
-    pix = np.repeat(np.arange(n_pixels), counts)
-    t = rng.integers(1, duration_us + 1, total, dtype=np.int64)
-    p = rng.integers(0, 2, total).astype(np.uint8)
-    order = np.lexsort((t, pix))
-    ptr = np.zeros(n_pixels + 1, np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr, np.ascontiguousarray(t[order]), np.ascontiguousarray(p[order])
-
-
-def _to_events(t: np.ndarray, p: np.ndarray, pix: np.ndarray, width: int) -> np.ndarray:
-    order = np.argsort(t, kind="stable")  # ties keep pixel order: deterministic
-    t, p, pix = t[order], p[order], pix[order]
-    return make_events(pix % width, pix // width, t, p)
-
-
-def emulate_log(log_intensity: np.ndarray, dt_us: int, theta_on, theta_off, refractory_us: int,
-                noise_hz: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The pixel model on a given scene: ``log_intensity`` float (n_steps, H, W), sampled every ``dt_us`` µs
-    from t = 0; thresholds scalars or (H, W). Returns sorted ``EVENT_DTYPE`` events (t in µs)."""
-    L = np.asarray(log_intensity, np.float64)
-    if L.ndim != 3 or L.shape[0] < 1:
-        raise ValueError(f"log_intensity must be (n_steps, H, W), got shape {L.shape}")
-    n_steps, h, w = L.shape
-    th_on = np.broadcast_to(np.asarray(theta_on, np.float64), (h, w)).ravel().copy()
-    th_off = np.broadcast_to(np.asarray(theta_off, np.float64), (h, w)).ravel().copy()
-    if np.any(th_on <= 0) or np.any(th_off <= 0):
-        raise ValueError("thresholds must be positive")
-    if noise_hz > 0 and rng is None:
-        raise ValueError("noise_hz > 0 needs an rng")
-    ptr, nt, npol = _shot_noise(rng or np.random.default_rng(0), h * w, (n_steps - 1) * dt_us, noise_hz)
-    pix_major = np.ascontiguousarray(L.reshape(n_steps, h * w).T)
-    t, p, pix = _emulate_log(pix_major, np.int64(dt_us), th_on, th_off, np.int64(refractory_us), ptr, nt, npol)
-    return _to_events(t, p, pix, w)
-
-
+# ------------------------------------------------------------------------------------------ recordings
 def emulate_recording(images8: np.ndarray, condition: Condition, thresholds: tuple[np.ndarray, np.ndarray],
                       cfg: DigitsDVSConfig, rng: np.random.Generator) -> tuple[np.ndarray, Schedule]:
     """One recording presenting ``images8`` (n, 8, 8) in [0, 1] in order. Returns (sorted events, schedule)."""
@@ -563,12 +354,10 @@ def emulate_recording(images8: np.ndarray, condition: Condition, thresholds: tup
         raise ValueError(f"images8 must be (n >= 1, 8, 8), got shape {images8.shape}")
     sched = schedule(len(images8), cfg)
     image, dx, dy = _scene_steps(sched, cfg)
-    canv = _canvases(images8, condition.background, cfg)
-    ptr, nt, npol = _shot_noise(rng, cfg.sensor * cfg.sensor, sched.duration_us, condition.noise_hz)
-    t, p, pix = _emulate_scene(canv, image, dx, dy, np.float64(cfg.oversample), cfg.sensor, cfg.sensor,
-                               np.int64(cfg.dt_us), thresholds[0], thresholds[1], np.int64(cfg.refractory_us),
-                               ptr, nt, npol)
-    return _to_events(t, p, pix, cfg.sensor), sched
+    scene = emulator.Scene(_canvases(images8, condition.background, cfg), image, dx, dy, cfg.oversample, cfg.dt_us)
+    events = emulator.emulate_scene(scene, cfg.sensor, cfg.sensor, thresholds[0], thresholds[1], cfg.refractory_us,
+                                    condition.noise_hz, rng)
+    return events, sched
 
 
 class SynthRecording(NamedTuple):
