@@ -15,6 +15,10 @@ Inference runs the student alone at T_s (`SpikingNet.deploy()` drops the weak he
 Outputs in ``<runs_root>/<dataset>/<method>/``: ``checkpoint.pt`` (model, optimizer, scheduler, config,
 epoch, best metric, history; written atomically every epoch), ``history.csv`` (one row per epoch) and
 ``metrics.json`` (test accuracy at T_s and T_t, best epoch, deploy parameter count, wall time).
+
+`run` is the table of contents: set up the ranks and device, the data, the model, the optimizer, resume, then
+per epoch train, test, checkpoint, then history and metrics; the steps follow it in that order. The whole loop
+stays in this one file (nanoGPT's train.py), which is why it runs past 400 lines.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -111,6 +116,7 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     return metrics
 
 
+# ------------------------------------------------------------------------------------------ checks before work
 def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
                        out_dir: Path, warn: bool = True) -> None:
     """Refuse what only the model, the data or the machine can tell (architecture, weak stages, neuron options,
@@ -204,7 +210,7 @@ def _caches(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], pro
 
 @dataclasses.dataclass(frozen=True)
 class _Data:
-    """The loaders of one rank, and what the per-epoch reseeding (`_train_one_epoch`) reaches into."""
+    """One rank's datasets and loaders; `_train_one_epoch` reseeds the dataset, sampler and generator."""
 
     train_ds: MultiViewDataset
     test_ds: MultiViewDataset
@@ -249,9 +255,10 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
 
 
 # ------------------------------------------------------------------------------------------ model, optimizer
-def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw) -> dict:
+def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Sequence[int]) -> dict:
     """`models.nets.build_model`'s keyword arguments, in the JSON-like form the checkpoint keeps (lists, dicts)."""
-    weak_stages = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()  # heads only where trained
+    # only the SSD term and gamma train weak heads; without either they would be dead weights
+    weak_stages = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
     return {"arch": cfg.arch, "in_channels": int(in_channels), "n_classes": n_classes,
             "input_hw": [int(v) for v in input_hw], "weak_stages": None if weak_stages is None else list(weak_stages),
             "neuron": dict(cfg.neuron), "t_ref": cfg.T_s}
@@ -263,7 +270,8 @@ def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[
     model_args = _model_args(cfg, P, data.n_classes, (H, W))
     torch.manual_seed(cfg.seed)
     net = build_model(**model_args)
-    model_args["weak_stages"] = list(net.weak_stages)  # None meant the architecture's default: keep what it is
+    # the stages built, not None: load_run rebuilds the same heads even if the architecture's default changes
+    model_args["weak_stages"] = list(net.weak_stages)
     net = net.to(device)
     if device.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -271,6 +279,7 @@ def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[
 
 
 def _parallel(net: SpikingNet, ranks: _Ranks) -> nn.Module:
+    """`Pair` around ``net``, in DDP under torchrun; the optimizer and checkpoints keep using ``net`` itself."""
     pair: nn.Module = Pair(net)
     if ranks.distributed:
         pair = nn.parallel.DistributedDataParallel(
@@ -278,7 +287,7 @@ def _parallel(net: SpikingNet, ranks: _Ranks) -> nn.Module:
     return pair
 
 
-def _lr_factor(cfg: TrainConfig):
+def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     """The learning-rate multiplier of epoch ``e``."""
     # closed form in the epoch (not chained from the current lr), so a resume with more epochs stretches it
     if cfg.schedule == "cosine":
@@ -286,7 +295,8 @@ def _lr_factor(cfg: TrainConfig):
     return lambda e: 1.0
 
 
-def _set_up_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device):
+def _set_up_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device
+                      ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """Optimizer, per-epoch schedule and (fp16 only) loss scaler."""
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -316,7 +326,8 @@ class _Progress:
             self.best_acc, self.best_epoch = row["test_acc"], row["epoch"]
 
 
-def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: nn.Module, opt, sched, scaler,
+def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: nn.Module,
+            opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler,
             ranks: _Ranks) -> _Progress:
     """Load ``ckpt_path`` into the model, optimizer, schedule and scaler, if it exists; refuse one trained with
     another configuration or event store (ValueError)."""
@@ -341,8 +352,9 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: n
 
 
 # ------------------------------------------------------------------------------------------ one epoch
-def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt, sched, scaler, data: _Data, ranks: _Ranks,
-                     ckpt_path: Path, progress: bool) -> dict:
+def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler, data: _Data,
+                     ranks: _Ranks, ckpt_path: Path, progress: bool) -> dict:
     """One pass over this rank's share of the training set, then one schedule step.
 
     Returns the epoch's history row up to ``train_acc`` (loss parts and accuracy summed over all ranks)."""
