@@ -46,8 +46,6 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
     """The deployable network of a run (no weak heads) and its checkpoint."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", device)
-    m = ckpt["model_args"]
-    net = build_model(m["arch"], in_channels=m["in_channels"], n_classes=m["n_classes"], input_hw=m["input_hw"],
-                      weak_stages=tuple(m["weak_stages"]), neuron=m["neuron"], t_ref=m["t_ref"])
+    net = build_model(**ckpt["model_args"])  # the same call `pipeline.train` built the network with
     net.load_state_dict(ckpt["model"])
     return net.deploy().to(device), ckpt

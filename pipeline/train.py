@@ -15,6 +15,10 @@ Inference runs the student alone at T_s (`SpikingNet.deploy()` drops the weak he
 Outputs in ``<runs_root>/<dataset>/<method>/``: ``checkpoint.pt`` (model, optimizer, scheduler, config,
 epoch, best metric, history; written atomically every epoch), ``history.csv`` (one row per epoch) and
 ``metrics.json`` (test accuracy at T_s and T_t, best epoch, deploy parameter count, wall time).
+
+`run` is the table of contents: set up the ranks and device, the data, the model, the optimizer, resume, then
+per epoch train, test, checkpoint, then history and metrics; the steps follow it in that order. The whole loop
+stays in this one file (nanoGPT's train.py), which is why it runs past 400 lines.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -69,11 +74,108 @@ class Pair(nn.Module):
         return self.net(x_s), (self.net(x_t) if x_t is not None else None)
 
 
-# ------------------------------------------------------------------------------------------ setup helpers
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+# ------------------------------------------------------------------------------------------ the run
+def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Path, out_dir: Path, *,
+        resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg.method`` on the event store at ``store_path``; writes checkpoint/history/metrics to ``out_dir``.
+
+    Returns the metrics written to ``metrics.json`` (``{}`` on every DDP rank but 0)."""
+    ranks = _set_up_ranks(cfg)
+    store = open_event_store(store_path)
+    _check_before_work(cfg, bin_cfg, store, ranks.device, frames_root, out_dir, warn=ranks.main)
+    _claim_device(ranks.device)
+    data = _set_up_data(cfg, bin_cfg, store, frames_root, ranks, progress)
+    net, model_args = _set_up_model(cfg, data, ranks.device)
+    pair = _parallel(net, ranks)
+    opt, sched, scaler = _set_up_optimizer(cfg, net, ranks.device)
+    deploy_params = count_parameters(net.deploy())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    state = _resume(ckpt_path, cfg, bin_cfg, store, net, opt, sched, scaler, ranks) if resume else _Progress()
+    if ranks.main:
+        _print_summary(cfg, store, data, net, deploy_params, ranks)
+    for epoch in range(state.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        row = _train_one_epoch(epoch, cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress)
+        row["test_acc"] = accuracy(net, data.test_loader, ranks.device, "student", cfg.amp)
+        row["test_acc_teacher"] = accuracy(net, data.test_loader, ranks.device, "teacher", cfg.amp)
+        row["epoch_s"] = time.perf_counter() - t0
+        state.record(row)
+        if ranks.main:
+            _print_epoch(row, cfg.epochs)
+            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict(),
+                             "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
+                             "model_args": model_args, "epoch": epoch, "best_acc": state.best_acc,
+                             "best_epoch": state.best_epoch, "history": state.history, "wall_s": state.wall_s,
+                             "store_id": store.store_id, "store_path": str(store_path),
+                             "frames_root": str(frames_root)}, ckpt_path)
+    metrics = _write_outputs(out_dir, cfg, store, state, deploy_params, ranks) if ranks.main else {}
+    if ranks.distributed:
+        dist.destroy_process_group()
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------ checks before work
+def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
+                       out_dir: Path, warn: bool = True) -> None:
+    """Refuse what only the model, the data or the machine can tell (architecture, weak stages, neuron options,
+    the input size, the device; an empty split or one of empty samples only; an unwritable run or frames folder)
+    before any frame cache is built. Raises ConfigError naming the key, StoreError, or NotWritableError."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
+    for split in ("train", "test"):
+        if len(store[split]) == 0:
+            raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
+    check_splits(store, ("train", "test"), warn=warn)  # warn: one line per split holding empty samples
+    check_writable(out_dir, "run (checkpoint, history, metrics)")
+    if not all(p.exists() for p in _cache_paths(store, bin_cfg, frames_root, [cfg.T_s, cfg.teacher_T]).values()):
+        check_writable(frames_root, "frame caches")
+    W, H, P = store.sensor_size
+    hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
+    try:
+        build_model(**_model_args(cfg, P, len(store.attrs["classes"]), hw))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"train (arch / weak_stages / neuron, input {hw[0]}x{hw[1]}): {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ devices
+@dataclasses.dataclass(frozen=True)
+class _Ranks:
+    """This process among the ``world`` DDP processes (rank 0 of 1 without torchrun) and its device."""
+
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 builds the caches, prints, and writes every output."""
+        return self.rank == 0
+
+
+def _set_up_ranks(cfg: TrainConfig) -> _Ranks:
+    """Join the torchrun process group when there is one (WORLD_SIZE > 1) and pick this rank's device."""
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    rank, local_rank, world = 0, 0, 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    return _Ranks(distributed, rank, world, device)
+
+
+def _claim_device(device: torch.device) -> None:
+    # after _check_before_work: it turns a CUDA device that is not there into a ConfigError naming train.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        configure_cpu()
 
 
 def _to_tbchw(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -81,6 +183,14 @@ def _to_tbchw(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device, non_blocking=True).transpose(0, 1).contiguous()
 
 
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------------ data
 def _cache_paths(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int]) -> dict[tuple[str, int], Path]:
     """Where the (split, T) caches of ``store`` live (`pipeline.frames.cache_path`)."""
     return {(split, T): cache_path(frames_root, store.attrs["dataset"], split, Binning.from_config(binning_cfg, T),
@@ -98,8 +208,206 @@ def _caches(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], pro
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    """One rank's datasets and loaders; `_train_one_epoch` reseeds the dataset, sampler and generator."""
+
+    train_ds: MultiViewDataset
+    test_ds: MultiViewDataset
+    train_loader: DataLoader
+    test_loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator
+    input_pchw: tuple[int, int, int]  # (P, H, W) of one frame, as cached
+    n_classes: int
+
+
+def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path, ranks: _Ranks, progress: bool
+                 ) -> _Data:
+    """Frame caches at T_s and T_t (built by rank 0 if missing), the train/test datasets and their loaders."""
+    spec = METHODS[cfg.method]
+    Ts = [cfg.T_s, cfg.teacher_T]
+    if ranks.main:  # build any missing cache once, before the other ranks open them
+        caches = _caches(store, bin_cfg, frames_root, Ts, progress)
+    if ranks.distributed:
+        dist.barrier()
+    if not ranks.main:
+        caches = _caches(store, bin_cfg, frames_root, Ts, False)
+    train_views = {"student": CacheView(caches[("train", cfg.T_s)], cfg.in_memory)}
+    if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
+        train_views["teacher"] = CacheView(caches[("train", cfg.teacher_T)], cfg.in_memory)
+    train_ds = MultiViewDataset(train_views, Augment(**dataclasses.asdict(cfg.augment)), seed=cfg.seed)
+    test_ds = MultiViewDataset({"student": CacheView(caches[("test", cfg.T_s)], cfg.in_memory),
+                                "teacher": CacheView(caches[("test", cfg.teacher_T)], cfg.in_memory)}, None)
+    sampler = (DistributedSampler(train_ds, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed)
+               if ranks.distributed else None)
+    gen = torch.Generator()
+    # no persistent workers: each epoch's workers are forked from the dataset *after* set_epoch(epoch)
+    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                              num_workers=cfg.num_workers, generator=gen, drop_last=len(train_ds) > cfg.batch_size,
+                              pin_memory=ranks.device.type == "cuda")
+    # each rank tests a disjoint, unpadded share (DistributedSampler would pad with duplicates)
+    test_loader = DataLoader(Subset(test_ds, range(ranks.rank, len(test_ds), ranks.world)), cfg.batch_size,
+                             num_workers=cfg.num_workers)
+    _, P, H, W = caches[("train", cfg.T_s)].shape[1:]
+    return _Data(train_ds, test_ds, train_loader, test_loader, sampler, gen, (int(P), int(H), int(W)),
+                 len(store.attrs["classes"]))
+
+
+# ------------------------------------------------------------------------------------------ model, optimizer
+def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Sequence[int]) -> dict:
+    """`models.nets.build_model`'s keyword arguments, in the JSON-like form the checkpoint keeps (lists, dicts)."""
+    # only the SSD term and gamma train weak heads; without either they would be dead weights
+    weak_stages = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
+    return {"arch": cfg.arch, "in_channels": int(in_channels), "n_classes": n_classes,
+            "input_hw": [int(v) for v in input_hw], "weak_stages": None if weak_stages is None else list(weak_stages),
+            "neuron": dict(cfg.neuron), "t_ref": cfg.T_s}
+
+
+def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[SpikingNet, dict]:
+    """The network, seeded by ``cfg.seed``, and the ``model_args`` that rebuild it (`pipeline.runs.load_run`)."""
+    P, H, W = data.input_pchw
+    model_args = _model_args(cfg, P, data.n_classes, (H, W))
+    torch.manual_seed(cfg.seed)
+    net = build_model(**model_args)
+    # the stages built, not None: load_run rebuilds the same heads even if the architecture's default changes
+    model_args["weak_stages"] = list(net.weak_stages)
+    net = net.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net, model_args
+
+
+def _parallel(net: SpikingNet, ranks: _Ranks) -> nn.Module:
+    """`Pair` around ``net``, in DDP under torchrun; the optimizer and checkpoints keep using ``net`` itself."""
+    pair: nn.Module = Pair(net)
+    if ranks.distributed:
+        pair = nn.parallel.DistributedDataParallel(
+            pair, device_ids=[ranks.device.index] if ranks.device.type == "cuda" else None)
+    return pair
+
+
+def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate multiplier of epoch ``e``."""
+    # closed form in the epoch (not chained from the current lr), so a resume with more epochs stretches it
+    if cfg.schedule == "cosine":
+        return lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1)))
+    return lambda e: 1.0
+
+
+def _set_up_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device
+                      ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """Optimizer, per-epoch schedule and (fp16 only) loss scaler."""
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+    return opt, sched, scaler
+
+
+# ------------------------------------------------------------------------------------------ resume
+@dataclasses.dataclass
+class _Progress:
+    """What the checkpoint carries across a resume: where to start, the best test accuracy so far, the history."""
+
+    start_epoch: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = -1  # 1-based, as in history.csv
+    history: list[dict] = dataclasses.field(default_factory=list)
+    wall_s: float = 0.0
+
+    def record(self, row: dict) -> None:
+        self.history.append(row)
+        self.wall_s += row["epoch_s"]
+        if row["test_acc"] > self.best_acc:
+            self.best_acc, self.best_epoch = row["test_acc"], row["epoch"]
+
+
+def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: nn.Module,
+            opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler,
+            ranks: _Ranks) -> _Progress:
+    """Load ``ckpt_path`` into the model, optimizer, schedule and scaler, if it exists; refuse one trained with
+    another configuration or event store (ValueError)."""
+    if not ckpt_path.exists():
+        return _Progress()
+    ckpt = load_checkpoint(ckpt_path, ranks.device)
+    saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), cfg.T_s).as_dict()
+    if (ckpt["config"]["train"], saved_binning, ckpt["store_id"]) != (
+            _comparable(cfg), Binning.from_config(bin_cfg, cfg.T_s).as_dict(), store.store_id):
+        raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
+    net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    lr_factor = _lr_factor(cfg)
+    for group, base in zip(opt.param_groups, sched.base_lrs):  # this run's schedule (epochs may have grown)
+        group["lr"] = base * lr_factor(sched.last_epoch)
+    if ckpt.get("scaler"):  # empty when the checkpoint was written without fp16 loss scaling
+        scaler.load_state_dict(ckpt["scaler"])
+    if ranks.main:
+        print(f"resuming {ckpt_path} after epoch {ckpt['epoch']}")
+    return _Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"], ckpt["wall_s"])
+
+
+# ------------------------------------------------------------------------------------------ one epoch
+def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler, data: _Data,
+                     ranks: _Ranks, ckpt_path: Path, progress: bool) -> dict:
+    """One pass over this rank's share of the training set, then one schedule step.
+
+    Returns the epoch's history row up to ``train_acc`` (loss parts and accuracy summed over all ranks)."""
+    uses_teacher = METHODS[cfg.method].uses_teacher
+    device = ranks.device
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch seeds: a resumed run replays the same draws
+    data.generator.manual_seed(cfg.seed * 1000 + epoch)
+    data.train_ds.set_epoch(epoch)
+    if data.sampler is not None:
+        data.sampler.set_epoch(epoch)
+    pair.train()
+    sums: dict[str, float] = {}
+    n_seen, n_correct = 0, 0
+    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (progress and ranks.main), file=sys.stderr)
+    for batch_views, y in bar:
+        x_s = _to_tbchw(batch_views["student"], device)
+        x_t = _to_tbchw(batch_views["teacher"], device) if uses_teacher else None
+        y = y.to(device)
+        with _autocast(device, cfg.amp):
+            out_s, out_t = pair(x_s, x_t)
+            loss, parts = tssd_loss(out_s, y, teacher=out_t, method=cfg.method, alpha=cfg.alpha, beta=cfg.beta,
+                                    gamma=cfg.gamma, tau_kd=cfg.tau_kd, task_kind=cfg.task_loss,
+                                    tet_lambda=cfg.tet_lambda, teacher_grad=cfg.teacher_grad)
+        if not math.isfinite(parts["total"]):
+            raise TrainingDiverged(
+                f"loss became {parts['total']} in epoch {epoch + 1} ({parts}); the last good checkpoint "
+                f"{ckpt_path} is kept -- lower train.lr or check the inputs")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(y)
+        n_seen += len(y)
+        n_correct += int((out_s.logits.detach().float().mean(0).argmax(1) == y).sum())
+        bar.set_postfix(loss=f"{parts['total']:.3f}")
+    if ranks.distributed:  # every rank trained on its own share: sum the counts and loss parts of all of them
+        keys = sorted(sums)
+        t = torch.tensor([n_seen, n_correct, *(sums[k] for k in keys)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        n_seen, n_correct = int(t[0]), int(t[1])
+        sums = dict(zip(keys, t[2:].tolist()))
+    lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with, before the step
+    sched.step()
+    return {"epoch": epoch + 1, "lr": lr, "loss": sums.get("total", 0.0) / max(n_seen, 1),
+            **{k: (sums[k] / n_seen if k in sums else "") for k in
+               ("task_student", "task_teacher", "tsd", "ssd", "weak_task")},
+            "train_acc": n_correct / max(n_seen, 1)}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, view: str, amp: bool) -> float:
+def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, view: str, amp: bool) -> float:
     """Top-1 accuracy of the time-averaged logits on ``view`` of every batch (all ranks' shares summed)."""
     model.eval()
     correct = torch.zeros(2, device=device)
@@ -114,211 +422,36 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, view: s
     return float(correct[0] / correct[1].clamp(min=1))
 
 
-def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+# ------------------------------------------------------------------------------------------ reporting
+def _print_summary(cfg: TrainConfig, store, data: _Data, net: SpikingNet, deploy_params: int, ranks: _Ranks) -> None:
+    P, H, W = data.input_pchw
+    teacher = f", T_t={cfg.teacher_T}" if METHODS[cfg.method].uses_teacher else ""
+    print(f"{store.attrs['dataset']} {cfg.method}: {cfg.arch}, T_s={cfg.T_s}{teacher}, input {P}x{H}x{W}, "
+          f"{data.n_classes} classes, {len(data.train_ds)} train / {len(data.test_ds)} test, "
+          f"deploy params {deploy_params:,}, training params {count_parameters(net):,}, device {ranks.device}, "
+          f"world {ranks.world}")
 
 
-def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
-                       out_dir: Path, warn: bool = True) -> None:
-    """Refuse what only the model, the data or the machine can tell (architecture, weak stages, neuron options,
-    the input size, the device; an empty split or one of empty samples only; an unwritable run or frames folder)
-    before any frame cache is built. Raises ConfigError naming the key, StoreError, or NotWritableError."""
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
-    for split in ("train", "test"):
-        if len(store[split]) == 0:
-            raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
-    check_splits(store, ("train", "test"), warn=warn)  # warn: one line per split holding empty samples
-    check_writable(out_dir, "run (checkpoint, history, metrics)")
-    if not all(p.exists() for p in _cache_paths(store, bin_cfg, frames_root, [cfg.T_s, cfg.teacher_T]).values()):
-        check_writable(frames_root, "frame caches")
-    W, H, P = store.sensor_size
-    hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
-    weak = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
-    try:
-        build_model(cfg.arch, in_channels=int(P), n_classes=len(store.attrs["classes"]), input_hw=hw,
-                    weak_stages=None if weak is None else tuple(weak), neuron=cfg.neuron, t_ref=cfg.T_s)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"train (arch / weak_stages / neuron, input {hw[0]}x{hw[1]}): {err}") from None
+def _print_epoch(row: dict, epochs: int) -> None:
+    terms = " ".join(f"{k}={row[k]:.3f}" for k in ("task_student", "task_teacher", "tsd", "ssd") if row[k] != "")
+    print(f"epoch {row['epoch']:>3}/{epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
+          f"test@T_s={row['test_acc']:.3f} test@T_t={row['test_acc_teacher']:.3f} lr={row['lr']:.4g} "
+          f"{row['epoch_s']:.1f}s", flush=True)
 
 
-# ------------------------------------------------------------------------------------------ the loop
-def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Path, out_dir: Path, *,
-        resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg.method`` on the event store at ``store_path``; writes checkpoint/history/metrics to ``out_dir``."""
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    rank, local_rank, world = 0, 0, 1
-    if distributed:
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = _device(cfg, local_rank)
-    store = open_event_store(store_path)
-    _check_before_work(cfg, bin_cfg, store, device, frames_root, out_dir, warn=rank == 0)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    else:
-        configure_cpu()
-    main_proc = rank == 0
-    spec = METHODS[cfg.method]
-    T_s, T_t = cfg.T_s, cfg.teacher_T
-    if main_proc:  # build any missing cache once, before the other ranks open them
-        caches = _caches(store, bin_cfg, frames_root, [T_s, T_t], progress)
-    if distributed:
-        dist.barrier()
-    if not main_proc:
-        caches = _caches(store, bin_cfg, frames_root, [T_s, T_t], False)
-    train_views = {"student": CacheView(caches[("train", T_s)], cfg.in_memory)}
-    if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
-        train_views["teacher"] = CacheView(caches[("train", T_t)], cfg.in_memory)
-    train_ds = MultiViewDataset(train_views, Augment(**dataclasses.asdict(cfg.augment)), seed=cfg.seed)
-    test_ds = MultiViewDataset({"student": CacheView(caches[("test", T_s)], cfg.in_memory),
-                                "teacher": CacheView(caches[("test", T_t)], cfg.in_memory)}, None)
-    sampler = DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if distributed else None
-    gen = torch.Generator()
-    # no persistent workers: each epoch's workers are forked from the dataset *after* set_epoch(epoch)
-    train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=cfg.num_workers, generator=gen, drop_last=len(train_ds) > cfg.batch_size,
-                              pin_memory=device.type == "cuda")
-    # each rank tests a disjoint, unpadded share (DistributedSampler would pad with duplicates)
-    test_loader = DataLoader(Subset(test_ds, range(rank, len(test_ds), world)), cfg.batch_size,
-                             num_workers=cfg.num_workers)
-
-    _, P, H, W = caches[("train", T_s)].shape[1:]
-    n_classes = len(store.attrs["classes"])
-    weak_stages = cfg.weak_stages if spec.spatial or cfg.gamma else ()
-    model_args = {"arch": cfg.arch, "in_channels": int(P), "n_classes": n_classes, "input_hw": [int(H), int(W)],
-                  "weak_stages": None if weak_stages is None else list(weak_stages), "neuron": dict(cfg.neuron),
-                  "t_ref": T_s}
-    torch.manual_seed(cfg.seed)
-    net = build_model(cfg.arch, in_channels=int(P), n_classes=n_classes, input_hw=(int(H), int(W)),
-                      weak_stages=None if weak_stages is None else tuple(weak_stages), neuron=cfg.neuron, t_ref=T_s)
-    model_args["weak_stages"] = list(net.weak_stages)
-    net = net.to(device)
-    if device.type == "cuda" and cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    pair: nn.Module = Pair(net)
-    if distributed:
-        pair = nn.parallel.DistributedDataParallel(pair, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # closed form in the epoch (not chained from the current lr), so a resume with more epochs stretches it
-    lr_factor = (lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1)))) \
-        if cfg.schedule == "cosine" else (lambda e: 1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
-    deploy_params = count_parameters(net.deploy())
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    history: list[dict] = []
-    start_epoch, best_acc, best_epoch, wall = 0, -1.0, -1, 0.0
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
-        saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), T_s).as_dict()
-        if (ckpt["config"]["train"], saved_binning, ckpt["store_id"]) != (
-                _comparable(cfg), Binning.from_config(bin_cfg, T_s).as_dict(), store.store_id):
-            raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        for group, base in zip(opt.param_groups, sched.base_lrs):  # this run's schedule (epochs may have grown)
-            group["lr"] = base * lr_factor(sched.last_epoch)
-        if ckpt.get("scaler"):  # empty when the checkpoint was written without fp16 loss scaling
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
-        history, wall = ckpt["history"], ckpt["wall_s"]
-        if main_proc:
-            print(f"resuming {ckpt_path} after epoch {ckpt['epoch']}")
-    if main_proc:
-        print(f"{store.attrs['dataset']} {cfg.method}: {cfg.arch}, T_s={T_s}"
-              f"{f', T_t={T_t}' if spec.uses_teacher else ''}, input {P}x{H}x{W}, {n_classes} classes, "
-              f"{len(train_ds)} train / {len(test_ds)} test, deploy params {deploy_params:,}, "
-              f"training params {count_parameters(net):,}, device {device}, world {world}")
-
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch seeds: a resumed run replays the same draws
-        gen.manual_seed(cfg.seed * 1000 + epoch)
-        train_ds.set_epoch(epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        pair.train()
-        sums: dict[str, float] = {}
-        n_seen, n_correct = 0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (progress and main_proc),
-                   file=sys.stderr)
-        for batch_views, y in bar:
-            x_s = _to_tbchw(batch_views["student"], device)
-            x_t = _to_tbchw(batch_views["teacher"], device) if spec.uses_teacher else None
-            y = y.to(device)
-            with _autocast(device, cfg.amp):
-                out_s, out_t = pair(x_s, x_t)
-                loss, parts = tssd_loss(out_s, y, teacher=out_t, method=cfg.method, alpha=cfg.alpha, beta=cfg.beta,
-                                        gamma=cfg.gamma, tau_kd=cfg.tau_kd, task_kind=cfg.task_loss,
-                                        tet_lambda=cfg.tet_lambda, teacher_grad=cfg.teacher_grad)
-            if not math.isfinite(parts["total"]):
-                raise TrainingDiverged(
-                    f"loss became {parts['total']} in epoch {epoch + 1} ({parts}); the last good checkpoint "
-                    f"{ckpt_path} is kept -- lower train.lr or check the inputs")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(y)
-            n_seen += len(y)
-            n_correct += int((out_s.logits.detach().float().mean(0).argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{parts['total']:.3f}")
-        if distributed:  # every rank trained on its own share: sum the counts and loss parts of all of them
-            keys = sorted(sums)
-            t = torch.tensor([n_seen, n_correct, *(sums[k] for k in keys)], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            n_seen, n_correct = int(t[0]), int(t[1])
-            sums = dict(zip(keys, t[2:].tolist()))
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        test_acc = evaluate(net, test_loader, device, "student", cfg.amp)
-        test_acc_t = evaluate(net, test_loader, device, "teacher", cfg.amp)
-        epoch_s = time.perf_counter() - t0
-        wall += epoch_s
-        row = {"epoch": epoch + 1, "lr": lr, "loss": sums.get("total", 0.0) / max(n_seen, 1),
-               **{k: (sums[k] / n_seen if k in sums else "") for k in
-                  ("task_student", "task_teacher", "tsd", "ssd", "weak_task")},
-               "train_acc": n_correct / max(n_seen, 1), "test_acc": test_acc, "test_acc_teacher": test_acc_t,
-               "epoch_s": epoch_s}
-        history.append(row)
-        if test_acc > best_acc:
-            best_acc, best_epoch = test_acc, epoch + 1
-        if main_proc:
-            terms = " ".join(f"{k}={row[k]:.3f}" for k in ("task_student", "task_teacher", "tsd", "ssd") if row[k] != "")
-            print(f"epoch {epoch + 1:>3}/{cfg.epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
-                  f"test@T_s={test_acc:.3f} test@T_t={test_acc_t:.3f} lr={lr:.4g} {epoch_s:.1f}s", flush=True)
-            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(),
-                          "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
-                          "model_args": model_args, "epoch": epoch, "best_acc": best_acc, "best_epoch": best_epoch,
-                          "history": history, "wall_s": wall, "store_id": store.store_id,
-                          "store_path": str(store_path), "frames_root": str(frames_root)}, ckpt_path)
-    metrics = {}
-    if main_proc:
-        _write_history(out_dir / "history.csv", history)
-        last = history[-1] if history else {}
-        metrics = {"dataset": store.attrs["dataset"], "method": cfg.method, "arch": cfg.arch, "T_s": T_s, "T_t": T_t,
-                   "epochs": len(history), "test_acc_Ts": last.get("test_acc"), "test_acc_Tt": last.get("test_acc_teacher"),
-                   "best_test_acc_Ts": best_acc, "best_epoch": best_epoch, "deploy_params": deploy_params,
-                   "wall_time_s": round(wall, 1), "device": str(device), "world_size": world}
-        text = json.dumps(metrics, indent=2) + "\n"
-        with writing("metrics", out_dir / "metrics.json", len(text)):
-            write_atomic(out_dir / "metrics.json", text)
-    if distributed:
-        dist.destroy_process_group()
+def _write_outputs(out_dir: Path, cfg: TrainConfig, store, state: _Progress, deploy_params: int, ranks: _Ranks
+                   ) -> dict:
+    """history.csv and metrics.json (the last epoch's test accuracies, the best one); returns the metrics."""
+    _write_history(out_dir / "history.csv", state.history)
+    last = state.history[-1] if state.history else {}
+    metrics = {"dataset": store.attrs["dataset"], "method": cfg.method, "arch": cfg.arch, "T_s": cfg.T_s,
+               "T_t": cfg.teacher_T, "epochs": len(state.history), "test_acc_Ts": last.get("test_acc"),
+               "test_acc_Tt": last.get("test_acc_teacher"), "best_test_acc_Ts": state.best_acc,
+               "best_epoch": state.best_epoch, "deploy_params": deploy_params, "wall_time_s": round(state.wall_s, 1),
+               "device": str(ranks.device), "world_size": ranks.world}
+    text = json.dumps(metrics, indent=2) + "\n"
+    with writing("metrics", out_dir / "metrics.json", len(text)):
+        write_atomic(out_dir / "metrics.json", text)
     return metrics
 
 

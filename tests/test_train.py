@@ -139,3 +139,20 @@ def test_ddp_two_cpu_processes(store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m["world_size"] == 2 and m["epochs"] == 1
+
+
+def test_load_run_rebuilds_a_checkpoint_written_before_build_model_took_model_args(tmp_path):
+    from models.nets import build_model
+    from pipeline.runs import load_run, save_checkpoint
+
+    # model_args exactly as every checkpoint so far holds them: JSON-like lists and dicts, weak stages resolved
+    model_args = {"arch": "small", "in_channels": 2, "n_classes": 11, "input_hw": [16, 16], "weak_stages": ["stage2"],
+                  "neuron": {"tau_steps": 2.0, "v_th": 1.0, "surrogate": "rect", "alpha": 1.0}, "t_ref": 4}
+    torch.manual_seed(0)
+    trained = build_model("small", in_channels=2, n_classes=11, input_hw=(16, 16), weak_stages=("stage2",),
+                          neuron=model_args["neuron"], t_ref=4)
+    save_checkpoint({"model": trained.state_dict(), "model_args": model_args}, tmp_path / "checkpoint.pt")
+    net, ckpt = load_run(tmp_path)
+    assert ckpt["model_args"] == model_args and net.weak_stages == ()
+    x = torch.rand(4, 3, 2, 16, 16)
+    assert torch.equal(net(x).logits, trained.deploy()(x).logits)
