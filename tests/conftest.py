@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +104,10 @@ def make_learnable_tree(root: Path, n_classes: int = 4, per_class: int = 24, see
         names.append(name)
     write_trials(root, names[:3], names[3:])
     return root
+
+
+def run_isolated(code: str, timeout_s: int = 300) -> None:
+    """Run ``code`` in a fresh interpreter and assert it exits 0: a process abort (Numba's workqueue layer on
+    concurrent parallel launches) fails the test instead of killing the test runner."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -8,8 +8,6 @@ formulas documented in ``spikingjelly.datasets.utils.cal_fixed_frames_number_seg
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -20,6 +18,8 @@ from tonic.transforms import ToFrame
 
 from pipeline.binning import SEMANTICS, SaturationWarning, bin_batch, bin_events, to_frames
 from pipeline.events import EVENT_DTYPE, make_events
+
+from tests.conftest import run_isolated
 
 SENSORS = [(128, 128), (34, 20), (5, 64), (1, 1)]
 BIN_OVERLAPS = [0, 0.0, 0.1, 0.25, 1 / 3, 0.5, 0.75, 0.9]
@@ -601,8 +601,7 @@ def test_to_frames_from_several_threads():
         "[t.start() for t in threads]; [t.join() for t in threads]\n"
         "assert len(ok) == 800 and all(ok)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_isolated(code)
 
 
 def test_uint64_fields():

@@ -231,8 +231,7 @@ def test_aedat20_arbitrary_bytes_only_raise_raw_data_error(data, with_header):
 def test_aedat31_decode_from_several_threads():
     """Numba's workqueue layer aborts the process when two threads launch parallel kernels at once; the AEDAT 3.1
     decoder's parallel passes hold pipeline.runtime.PARALLEL_LOCK, so threads can decode files side by side."""
-    import subprocess
-    import sys
+    from tests.conftest import run_isolated
 
     code = (
         "import threading, numpy as np\n"
@@ -253,5 +252,4 @@ def test_aedat31_decode_from_several_threads():
         "[th.start() for th in threads]; [th.join() for th in threads]\n"
         "assert len(ok) == 800 and all(ok)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_isolated(code)
