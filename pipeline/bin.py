@@ -26,10 +26,9 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.config import (BinConfig, IngestConfig, PathsConfig, exits_on_config_error, for_dataset, load_section,
-                             resolve_training)
+from pipeline.config import BinConfig, IngestConfig, PathsConfig, for_dataset, load_section, resolve_training
 from pipeline.frames import Binning, cache_path, ensure_frame_cache
-from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, writing
+from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
 from pipeline.store import StoreError, open_event_store, remove_path
 
 __all__ = ["run", "main"]
@@ -57,7 +56,7 @@ def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, 
     return paths
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bin", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset")
@@ -95,12 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple[str, ...],
                    progress: bool) -> tuple[list[Path], int]:
-    """`run`, with a refused store or output (full disk, unwritable folder) as one error line and an exit code."""
+    """`run`, with a refused store as one error line and an exit code (an unwritable folder or a full disk is
+    `exits_on_error`'s)."""
     try:
         return run(cfg, store, frames_root, splits, progress), 0
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return [], err.exit_code
     except StoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return [], 1

@@ -7,17 +7,15 @@ Derived values are computed by the stages and printed, never written back into t
 from __future__ import annotations
 
 import dataclasses
-import functools
-import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
 __all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError",
-           "exits_on_config_error", "resolve_training"]
+           "resolve_training"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -217,21 +215,6 @@ def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err}") from None
     return out
-
-
-def exits_on_config_error(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorate a stage's ``main``: a `ConfigError` (params file, --set, a refused value) becomes one
-    ``error: ...`` line on stderr and exit code 2 instead of a traceback."""
-
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.config import PathsConfig, exits_on_config_error, load_section
+from pipeline.config import PathsConfig, load_section
 from pipeline.datasets import DatasetSpec, Download, get_spec
 from pipeline.datasets.base import download_instructions
+from pipeline.guards import exits_on_error
 from pipeline.io.errors import RawDataError
 
 __all__ = ["download", "md5sum", "main"]
@@ -101,7 +102,7 @@ def check_params(params: Path) -> int:
     return 2 if missing else 0
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.download", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", nargs="?")

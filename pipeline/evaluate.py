@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import BinConfig, EvaluateConfig, exits_on_config_error, load_section
+from pipeline.config import BinConfig, EvaluateConfig, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import Binning
-from pipeline.guards import OutputError, check_writable, writing
+from pipeline.guards import check_writable, exits_on_error, writing
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 from pipeline.runs import CheckpointError, load_run
 
@@ -111,7 +111,7 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
         plt.close(fig)
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -139,9 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as err:
         print(f"error: {err}\nnothing was written.", file=sys.stderr)
         return 1
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
     return 0
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import PathsConfig, exits_on_config_error, load_section
+from pipeline.config import PathsConfig, load_section
 from pipeline.datasets import digits_dvs
 from pipeline.datasets.digits_dvs import DigitsDVSConfig
 from pipeline.datasets.dvs_gesture import write_recording, write_trials
+from pipeline.guards import exits_on_error
 from pipeline.store import atomic_output
 
 __all__ = ["run", "summary", "main", "GENERATORS"]
@@ -77,7 +78,7 @@ def summary(counts: dict, out: Path) -> str:
     ])
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", choices=GENERATORS)

@@ -9,25 +9,28 @@ Two failures used to end in a traceback after minutes of work, or never be seen 
   free (`DiskFullError`). The product's own `pipeline.store.atomic_output` has already removed its temporary by
   then, so nothing half-written is left.
 
-Stages catch `OutputError` (the base of both) in ``main`` and print ``error: <message>``: exit code 2 for a folder
-refused before work, 1 for a disk that filled during it.
+Every stage's ``main`` is decorated with `exits_on_error`: an `OutputError` (the base of both) or a
+`pipeline.config.ConfigError` becomes ``error: <message>`` on stderr and an exit code instead of a traceback: 2
+for what is refused before work (config, a folder), 1 for a disk that filled during it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from pipeline.config import ConfigError
 from pipeline.store import StoreError
 
-__all__ = ["OutputError", "NotWritableError", "DiskFullError", "check_writable", "writing", "disk_full", "is_disk_full",
+__all__ = ["exits_on_error", "OutputError", "NotWritableError", "DiskFullError", "check_writable", "writing", "disk_full", "is_disk_full",
            "free_bytes", "human_bytes", "nbytes_of", "empty_samples", "check_splits", "frame_cache_bytes"]
 
 #: Bytes per event in an event store before compression: x, y (u2), t (i8), p (u1).
@@ -51,6 +54,25 @@ class DiskFullError(OutputError):
     """The disk filled while a product was written; its temporary has been removed."""
 
     exit_code = 1
+
+
+def exits_on_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a stage's ``main``: a `ConfigError` (params file, --set, a refused value; exit 2) or an
+    `OutputError` (an unwritable folder, exit 2; a full disk, exit 1) becomes one ``error: ...`` line on stderr
+    instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+
+    return wrapper
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -15,14 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import IngestConfig, PathsConfig, exits_on_config_error, load_section
+from pipeline.config import IngestConfig, PathsConfig, load_section
 from pipeline.datasets import get_spec
+from pipeline.guards import exits_on_error
 from pipeline.ingestion import ingest, ingest_and_report
 
 __all__ = ["main", "ingest"]
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.ingest", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs | recordings (a folder of your own)")

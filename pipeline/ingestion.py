@@ -37,7 +37,7 @@ from pipeline.config import IngestConfig
 from pipeline.datasets import DatasetSpec, MissingRawDataError
 from pipeline.datasets.base import MissingDecoderError, Recording, download_instructions
 from pipeline.events import DecodedEvents
-from pipeline.guards import EVENT_BYTES, OutputError, check_writable, disk_full, human_bytes, is_disk_full
+from pipeline.guards import EVENT_BYTES, check_writable, disk_full, human_bytes, is_disk_full
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, StoreError, stable_hash
 
@@ -288,9 +288,6 @@ def ingest_and_report(spec: DatasetSpec, raw: Path, out: Path, cfg: IngestConfig
     except MissingDecoderError as err:
         print(f"error: {err}\nno event store was written.", file=sys.stderr)
         return 2
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     except (RawDataError, StoreError) as err:
         print(f"error: {err}\nno event store was written.", file=sys.stderr)
         return 1

@@ -14,12 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import PathsConfig, exits_on_config_error, load_section
+from pipeline.config import PathsConfig, load_section
+from pipeline.guards import exits_on_error
 
 __all__ = ["main"]
 
 
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset", nargs="?", default="digits_dvs")

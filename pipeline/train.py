@@ -45,11 +45,11 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from models.neurons import configure_cpu
-from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig,
-                             exits_on_config_error, load_section, resolve_training)
+from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig, load_section,
+                             resolve_training)
 from pipeline.data import Augment, CacheView, MultiViewDataset
 from pipeline.frames import Binning, FrameCache, cache_path, ensure_frame_cache
-from pipeline.guards import OutputError, check_splits, check_writable, frame_cache_bytes, writing
+from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
 from pipeline.runs import CheckpointError, load_checkpoint, save_checkpoint
 from pipeline.store import StoreError, open_event_store, write_atomic
 
@@ -473,7 +473,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
-@exits_on_config_error
+@exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset")
@@ -508,9 +508,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except OutputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
     return 0
 
 
