@@ -21,39 +21,24 @@ those written (``files``) and a cache whose arrays disagree with its attributes 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import numpy as np
-import zarr
-from numcodecs import blosc
 from tqdm import tqdm
-from zarr.codecs import BloscCodec
 
 from pipeline.binning import bin_batch
 from pipeline.events import SensorSize
-from pipeline.store import (
-    FILES_ATTR,
-    EventSplit,
-    ShardWriter,
+from pipeline.storage import (
+    ZSTD_BITSHUFFLE,
+    Codec,
+    Product,
+    ProductWriter,
     StoreError,
-    _Pin,
-    atomic_output,
-    check_files,
-    check_header,
-    default_threads,
-    list_files,
-    open_event_store,
-    open_node,
-    read_attrs,
+    backend_for,
     stable_hash,
-    store_format,
-    write_attrs,
 )
+from pipeline.store import EventSplit, open_event_store
 
 __all__ = [
     "FORMAT",
@@ -69,6 +54,10 @@ __all__ = [
 FORMAT = "tssd-frame-cache"
 FORMAT_VERSION = 2  # 2: the file inventory (attrs['files']) that opening checks
 SHARD_SAMPLES = 64
+#: The frames: bit-shuffled zstd in Zarr (counts are small: most bits are zero), lzf in HDF5; the per-sample arrays
+#: with each library's default (zarr-python's zstd; HDF5 uncompressed).
+FRAMES_CODEC = Codec(ZSTD_BITSHUFFLE, {"compression": "lzf"})
+_SMALL = Codec()
 _DTYPES = ("uint8", "int16", "float32")
 
 
@@ -162,98 +151,64 @@ def build_frame_cache(split: EventSplit, store_attrs: dict, binning: Binning, ou
 
     A bounded pipeline: blocks of at most ``block_samples`` samples / ``block_events`` events; while Numba bins
     block k (`bin_batch`, parallel over samples), a thread pool decompresses block k+1 straight from the event
-    store's shards (`ShardedColumnReader`) and compresses the frames of block k-1 into the cache's shards
-    (`ShardWriter`). The bytes written do not depend on the block size or the thread count.
+    store's shards (`pipeline.storage.ShardReader`) and compresses the frames of block k-1 into the cache's shards
+    (`pipeline.storage.ShardWriter`). The bytes written do not depend on the block size or the thread count.
     """
     out = Path(out)
-    fmt = store_format(out)
     sensor = SensorSize.of(store_attrs["sensor_size"])
     fs = binning.frame_sensor(sensor)
     n = len(split)
     shape = (n, binning.T, fs.polarities, fs.height, fs.width)
-    chunk = (1, *shape[1:])
-    dtype = np.dtype(binning.dtype)
     sat_total, sat_samples = 0, 0
-    threads = threads or default_threads()
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bin")
-    io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bin-io")
     readers = split.column_readers()
-    writer = None
-    with atomic_output(out) as tmp, pool, io:
-        if fmt == "zarr":
-            root = zarr.open_group(tmp, mode="w-")
-            frames = root.create_array("frames", shape=shape, dtype=dtype, chunks=chunk,
-                                       shards=(min(SHARD_SAMPLES, max(n, 1)), *shape[1:]),
-                                       compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
-            writer = ShardWriter(frames, pool, io, max_pending=2 * threads + 2)
-        else:
-            root = h5py.File(tmp, "w-", libver="latest")
-            frames = root.create_dataset("frames", shape=shape, dtype=dtype, chunks=chunk if n else None,
-                                         compression="lzf")
-        try:
-            bar = tqdm(total=n, desc=f"bin {store_attrs['dataset']}/{split.name} T={binning.T}", unit="sample",
-                       disable=not progress, file=sys.stderr)
-            blocks = _blocks(split.offsets, max(1, block_samples), block_events)
+    with ProductWriter(out, backend_for(out), threads) as w:
+        frames = w.column(w.root, "frames", np.dtype(binning.dtype), FRAMES_CODEC, chunk_rows=1,
+                          shard_rows=min(SHARD_SAMPLES, max(n, 1)), shape=shape)
+        bar = tqdm(total=n, desc=f"bin {store_attrs['dataset']}/{split.name} T={binning.T}", unit="sample",
+                   disable=not progress, file=sys.stderr)
+        blocks = _blocks(split.offsets, max(1, block_samples), block_events)
 
-            def start(k: int):
-                a, b = blocks[k]
-                lo, hi = int(split.offsets[a]), int(split.offsets[b])
-                if readers is None:
-                    return split.event_slice(lo, hi)
-                return {c: r.start(lo, hi, pool) for c, r in readers.items()}
+        def start(k: int):
+            a, b = blocks[k]
+            lo, hi = int(split.offsets[a]), int(split.offsets[b])
+            if readers is None:
+                return split.event_slice(lo, hi)
+            return {c: r.start(lo, hi, w.pool) for c, r in readers.items()}
 
-            ahead = start(0) if blocks else None
-            for k, (a, b) in enumerate(blocks):
-                lo = int(split.offsets[a])
-                cols = {c: (v if readers is None else v.result()) for c, v in ahead.items()}
-                ahead = start(k + 1) if k + 1 < len(blocks) else None  # decompressed while this block bins
-                try:
-                    block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"],
-                                           split.offsets[a : b + 1] - lo, sensor, **binning.kwargs())
-                except ValueError as err:  # positions in the message are relative to this block
-                    raise ValueError(f"{split.path} split {split.name!r}, samples {a}..{b - 1} (event rows from "
-                                     f"{lo}): {err}") from err
-                del cols
-                if writer is not None:
-                    writer.write(block)
-                else:
-                    frames[a:b] = block
-                sat_total += int(sat.sum())
-                sat_samples += int(np.count_nonzero(sat))
-                bar.update(b - a)
-            if writer is not None:
-                writer.close()
-            bar.close()
-            arrays = {"label": split.labels.astype("<i2"), "recording": split.recording.astype("<i4"),
-                      "window_start_us": split.window_us[:, 0].copy(), "window_end_us": split.window_us[:, 1].copy()}
-            for name, data in arrays.items():
-                if fmt == "zarr":
-                    root.create_array(name, data=data, chunks=(max(n, 1),))
-                else:
-                    root.create_dataset(name, data=data)
-            attrs = {
-                "format": FORMAT, "format_version": FORMAT_VERSION,
-                "key": _key(binning, store_attrs["store_id"], split.name, sensor),
-                "dataset": store_attrs["dataset"], "split": split.name, "classes": store_attrs["classes"],
-                "sensor_size": list(fs), "binning": binning.as_dict(),
-                "source": {"store_id": store_attrs["store_id"], "path": str(split.path), "split": split.name},
-                "saturated": sat_total, "saturated_samples": sat_samples,
-            }
-            if fmt == "zarr":  # every file written (the root zarr.json aside): checked on open
-                attrs[FILES_ATTR] = list_files(tmp)
-            attrs["complete"] = True  # the last attribute written
-            write_attrs(root, fmt, attrs)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        finally:
-            if fmt == "h5":
-                root.close()
+        ahead = start(0) if blocks else None
+        for k, (a, b) in enumerate(blocks):
+            lo = int(split.offsets[a])
+            cols = {c: (v if readers is None else v.result()) for c, v in ahead.items()}
+            ahead = start(k + 1) if k + 1 < len(blocks) else None  # decompressed while this block bins
+            try:
+                block, sat = bin_batch(cols["x"], cols["y"], cols["t"], cols["p"],
+                                       split.offsets[a : b + 1] - lo, sensor, **binning.kwargs())
+            except ValueError as err:  # positions in the message are relative to this block
+                raise ValueError(f"{split.path} split {split.name!r}, samples {a}..{b - 1} (event rows from "
+                                 f"{lo}): {err}") from err
+            del cols
+            frames.write(block)
+            sat_total += int(sat.sum())
+            sat_samples += int(np.count_nonzero(sat))
+            bar.update(b - a)
+        frames.close()
+        bar.close()
+        arrays = {"label": split.labels.astype("<i2"), "recording": split.recording.astype("<i4"),
+                  "window_start_us": split.window_us[:, 0].copy(), "window_end_us": split.window_us[:, 1].copy()}
+        for name, data in arrays.items():
+            w.array(w.root, name, data, _SMALL)
+        w.finish({  # then the file inventory (Zarr) and complete = True
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "key": _key(binning, store_attrs["store_id"], split.name, sensor),
+            "dataset": store_attrs["dataset"], "split": split.name, "classes": store_attrs["classes"],
+            "sensor_size": list(fs), "binning": binning.as_dict(),
+            "source": {"store_id": store_attrs["store_id"], "path": str(split.path), "split": split.name},
+            "saturated": sat_total, "saturated_samples": sat_samples,
+        })
     return out
 
 
-class FrameCache:
+class FrameCache(Product):
     """An opened, validated frame cache: ``frames`` (lazy array), ``labels``, ``attrs``.
 
     Opening refuses a cache that is incomplete, of another format version, (Zarr) whose files are not exactly
@@ -262,24 +217,15 @@ class FrameCache:
     """
 
     def __init__(self, path: str | Path, binning: Binning | None = None, store_id: str | None = None):
-        self.path = Path(path)
-        self.fmt = store_format(self.path)
-        self.pin = _Pin(self.path)
-        root = open_node(self.path, self.fmt)
+        super().__init__(path, FORMAT, FORMAT_VERSION)
         try:
-            self.attrs = read_attrs(root, self.fmt)
-            check_header(self.attrs, self.path, FORMAT, FORMAT_VERSION)
-            self.files = check_files(self.path, self.attrs) if self.fmt == "zarr" else None
-            try:
+            with self.root() as root:
                 self.labels = np.asarray(root["label"][:], np.int64)
                 self.shape = tuple(root["frames"].shape)
                 lengths = {k: int(root[k].shape[0]) for k in ("recording", "window_start_us", "window_end_us")}
                 frames_dtype = str(root["frames"].dtype)
-            except KeyError as err:
-                raise StoreError(f"{self.path} has no array {err}: a damaged cache; rebuild it") from None
-        finally:
-            if self.fmt == "h5":
-                root.close()
+        except KeyError as err:
+            raise StoreError(f"{self.path} has no array {err}: a damaged cache; rebuild it") from None
         self.pin.check()
         self._check_shape(lengths, frames_dtype)
         problems = []
@@ -290,7 +236,7 @@ class FrameCache:
         if problems:
             raise StoreError(f"{self.path} does not match what was asked: " + "; ".join(problems))
         self._frames = None
-        self._shards = _ShardReader.for_cache(self.path, self.pin, self.files) if self.fmt == "zarr" else None
+        self._shards = self.shard_reader("frames", what="cache")
 
     def _check_shape(self, lengths: dict[str, int], frames_dtype: str) -> None:
         """``frames`` must be (N, T, P, H, W) with N the labels', T the binning's, (P, H, W) the sensor's."""
@@ -313,8 +259,9 @@ class FrameCache:
         return {**self.__dict__, "_frames": None}
 
     def sample(self, i: int) -> np.ndarray:
-        """Frames ``(T, P, H, W)`` of sample ``i``. Zarr caches in our layout are read through `_ShardReader`
-        (one pread + one Blosc decompression, ~20x faster than zarr-python's per-call path)."""
+        """Frames ``(T, P, H, W)`` of sample ``i``. Zarr caches in our layout are read through
+        `pipeline.storage.ShardReader` (one pread + one Blosc decompression, ~20x faster than zarr-python's
+        per-call path)."""
         if self._shards is not None:
             return self._shards.read(i)
         return np.asarray(self.frames[i])
@@ -322,17 +269,14 @@ class FrameCache:
     def read_all(self) -> np.ndarray:
         """Every sample, ``(N, T, P, H, W)``, in RAM (from the version opened, or a StoreError saying it changed)."""
         out = np.asarray(self.frames[:])
-        if self.fmt == "zarr":  # zarr-python opened the files by path
-            self.pin.check()
+        self.after_read()  # zarr-python opened the files by path
         return out
 
     @property
     def frames(self):
         """The lazy ``(N, T, P, H, W)`` array (zarr array or h5py dataset)."""
         if self._frames is None:
-            frames = open_node(self.path, self.fmt)["frames"]
-            self.pin.check()  # HDF5: the handle now holds the version opened; Zarr: see `read_all`
-            self._frames = frames
+            self._frames = self.open_root()["frames"]  # HDF5: the handle holds the version opened; Zarr: `read_all`
         return self._frames
 
     def __len__(self) -> int:
@@ -341,102 +285,6 @@ class FrameCache:
     @property
     def binning(self) -> Binning:
         return Binning(**self.attrs["binning"])
-
-
-class _ShardReader:
-    """Reads one sample of a sharded Zarr v3 ``frames`` array straight from its shard file.
-
-    Only for the exact layout `build_frame_cache` writes (checked against the array's zarr.json, otherwise
-    `for_cache` returns None and zarr-python reads): chunks of one sample, ``sharding_indexed`` with inner codecs
-    ``bytes(little) -> blosc`` and the index (``(offset u64, nbytes u64)`` per chunk + crc32c) at the end of each
-    shard file ``frames/c/<shard>/0/0/0/0`` -- the Zarr v3 sharding specification. A test checks every sample
-    against zarr-python. Why: zarr-python 3 spends ~1.2 ms per read in its async bridge; this takes ~50 µs.
-    """
-
-    _MISSING = np.uint64(2**64 - 1)
-
-    def __init__(self, root: Path, shard: int, n: int, sample_shape: tuple[int, ...], dtype: np.dtype,
-                 pin: _Pin | None = None, listed: set[str] | None = None):
-        self.root, self.shard, self.n, self.sample_shape, self.dtype = root, shard, n, sample_shape, dtype
-        self.pin, self.listed = pin, listed
-        self._index: dict[int, np.ndarray] = {}
-
-    @classmethod
-    def for_cache(cls, path: Path, pin: _Pin | None = None,
-                  files: dict[str, int] | None = None) -> "_ShardReader | None":
-        meta_path = path / "frames" / "zarr.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-            (codec,) = meta["codecs"]
-            conf = codec["configuration"]
-            inner = [c["name"] for c in conf["codecs"]]
-            ok = (codec["name"] == "sharding_indexed" and inner == ["bytes", "blosc"]
-                  and conf["codecs"][0].get("configuration", {}).get("endian", "little") == "little"
-                  and [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
-                  and conf["index_location"] == "end" and conf["chunk_shape"][0] == 1
-                  and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-                  and meta["chunk_grid"]["configuration"]["chunk_shape"][1:] == meta["shape"][1:]
-                  and conf["chunk_shape"][1:] == meta["shape"][1:] and meta["fill_value"] == 0
-                  and meta["data_type"] in ("uint8", "int16", "float32"))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not ok:
-            return None
-        shard = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-        listed = None if files is None else {f for f in files if f.startswith("frames/c/")}
-        return cls(path / "frames", shard, int(meta["shape"][0]), tuple(meta["shape"][1:]),
-                   np.dtype(meta["data_type"]).newbyteorder("<"), pin, listed)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_index": {}}
-
-    def _open_shard(self, s: int) -> int | None:
-        """A descriptor on shard file ``s`` of the version opened, or None for a shard that was not written (zarr
-        writes no shard whose chunks are all fill values); a listed shard that is gone is a StoreError."""
-        rel = f"frames/c/{s}/0/0/0/0"
-        try:
-            return self.pin.open_file(rel) if self.pin is not None else os.open(self.root.parent / rel, os.O_RDONLY)
-        except FileNotFoundError:
-            if self.listed is None or rel not in self.listed:
-                return None
-            if self.pin is not None:
-                self.pin.check()
-            raise StoreError(f"{self.root.parent / rel} is missing (the cache lists it): a damaged cache; "
-                             "rebuild it") from None
-
-    def _shard_index(self, s: int) -> np.ndarray:
-        if s not in self._index:
-            fd = self._open_shard(s)
-            if fd is None:
-                self._index[s] = np.full((self.shard, 2), self._MISSING, np.uint64)
-            else:
-                try:
-                    size = os.fstat(fd).st_size
-                    raw = os.pread(fd, 16 * self.shard, max(0, size - (16 * self.shard + 4)))
-                finally:
-                    os.close(fd)
-                if len(raw) != 16 * self.shard:
-                    raise StoreError(f"{self.root}/c/{s}: shard file too short for its index (a damaged cache)")
-                self._index[s] = np.frombuffer(raw, "<u8").reshape(self.shard, 2)
-        return self._index[s]
-
-    def read(self, i: int) -> np.ndarray:
-        if not -self.n <= i < self.n:
-            raise IndexError(f"sample {i} out of range for a cache of {self.n} samples")
-        s, j = divmod(int(i) % self.n, self.shard)
-        offset, nbytes = self._shard_index(s)[j]
-        if offset == self._MISSING:  # an all-zero chunk is not stored: the fill value
-            return np.zeros(self.sample_shape, self.dtype)
-        fd = self._open_shard(s)
-        if fd is None:
-            if self.pin is not None:
-                self.pin.check()
-            raise StoreError(f"{self.root}/c/{s} disappeared while it was being read")
-        try:
-            raw = os.pread(fd, int(nbytes), int(offset))
-        finally:
-            os.close(fd)
-        return np.frombuffer(blosc.decompress(raw), self.dtype).reshape(self.sample_shape)
 
 
 def open_frame_cache(path: str | Path, binning: Binning | None = None, store_id: str | None = None) -> FrameCache:

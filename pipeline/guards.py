@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.config import ConfigError
-from pipeline.store import StoreError
+from pipeline.storage import StoreError
 
 __all__ = ["exits_on_error", "OutputError", "NotWritableError", "DiskFullError", "check_writable", "writing", "disk_full", "is_disk_full",
            "free_bytes", "human_bytes", "nbytes_of", "empty_samples", "check_splits", "frame_cache_bytes"]

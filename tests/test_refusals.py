@@ -438,7 +438,7 @@ _WRITER = r"""
 import os, sys, time
 import re
 from pathlib import Path
-import pipeline.store as store
+import pipeline.storage.atomic as store
 path, tag, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 if mode in ("two-step", "kill-between"):
     store._exchange = lambda a, b: False  # a system without the exchange: two renames
@@ -904,7 +904,8 @@ def full_disk(monkeypatch):
     column block fails with ENOSPC once ``after_bytes`` have been written, after a partial write."""
     import errno
 
-    import pipeline.store as store_mod
+    import pipeline.storage.backends as backends_mod
+    import pipeline.storage.shards as shards_mod
 
     state = {"left": 0}
 
@@ -913,7 +914,7 @@ def full_disk(monkeypatch):
         if state["left"] < 0:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    real_append, real_flush = store_mod._ShardFile.append, store_mod._H5Column._flush
+    real_append, real_flush = shards_mod._ShardFile.append, backends_mod._H5Column._flush
 
     def append(self, data):
         real_append(self, data[: len(data) // 2])
@@ -926,8 +927,8 @@ def full_disk(monkeypatch):
 
     def arm(after_bytes: int = 0):
         state["left"] = after_bytes
-        monkeypatch.setattr(store_mod._ShardFile, "append", append)
-        monkeypatch.setattr(store_mod._H5Column, "_flush", flush)
+        monkeypatch.setattr(shards_mod._ShardFile, "append", append)
+        monkeypatch.setattr(backends_mod._H5Column, "_flush", flush)
 
     return arm
 

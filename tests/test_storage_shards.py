@@ -1,4 +1,5 @@
-"""`pipeline.store.ShardWriter` writes the files zarr-python writes, byte for byte (the Zarr v3 sharding spec)."""
+"""`pipeline.storage.ShardWriter` writes the files zarr-python writes, byte for byte (the Zarr v3 sharding spec);
+`pipeline.storage.ShardReader` reads them back as zarr-python does, checking each shard index's crc32c."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec
 
-from pipeline.store import COLUMN_CODECS, ShardWriter
+from pipeline.storage import ShardReader, ShardWriter
+from pipeline.store import COLUMN_CODECS
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -71,30 +73,28 @@ def test_refuses_other_layouts(tmp_path):
 
 
 def test_column_reader_matches_zarr_for_any_forward_ranges(tmp_path):
-    """`ShardedColumnReader` against zarr-python on a column with a padded last chunk and a missing shard."""
-    from pipeline.store import ShardedColumnReader
-
+    """`ShardReader` against zarr-python on a column with a padded last chunk and a missing shard."""
     rng = np.random.default_rng(3)
     data = rng.integers(0, 2**40, 64 * 10 + 37).astype("<i8")
     data[256:512] = 0  # shard 1 not written at all
     arr = zarr.open_group(tmp_path / "g.zarr", mode="w-").create_array(
         "t", shape=data.shape, dtype=data.dtype, chunks=(64,), shards=(256,), compressors=BloscCodec(**COLUMN_CODECS["t"]))
     arr[...] = data
-    reader = ShardedColumnReader.open(tmp_path / "g.zarr" / "t")
+    reader = ShardReader.open(tmp_path / "g.zarr" / "t")
     assert reader is not None and reader.n == len(data)
     cuts = [0, 0, 1, 63, 64, 200, 300, 513, 640, 641, len(data)]  # empty, inside a chunk, across shards, to the end
     with ThreadPoolExecutor(2) as pool:
         for a, b in zip(cuts[:-1], cuts[1:]):
             np.testing.assert_array_equal(reader.start(a, b, pool).result(), data[a:b], err_msg=f"{a}:{b}")
-        fresh = ShardedColumnReader.open(tmp_path / "g.zarr" / "t")
+        fresh = ShardReader.open(tmp_path / "g.zarr" / "t")
         np.testing.assert_array_equal(fresh.start(100, 650, pool).result(), data[100:650])
     other = zarr.open_group(tmp_path / "g.zarr").create_array("plain", shape=(10,), dtype="u1", chunks=(5,))
-    assert ShardedColumnReader.open(tmp_path / "g.zarr" / "plain") is None  # unsharded: zarr-python reads it
+    assert ShardReader.open(tmp_path / "g.zarr" / "plain") is None  # unsharded: zarr-python reads it
     del other
 
 
 def test_column_reader_refuses_a_damaged_index(tmp_path):
-    from pipeline.store import ShardedColumnReader, StoreError
+    from pipeline.storage import StoreError
 
     data = np.arange(300, dtype="<u2")
     arr = zarr.open_group(tmp_path / "g.zarr", mode="w-").create_array(
@@ -105,4 +105,4 @@ def test_column_reader_refuses_a_damaged_index(tmp_path):
     raw[-10] ^= 0xFF  # inside the index
     shard.write_bytes(bytes(raw))
     with ThreadPoolExecutor(1) as pool, pytest.raises(StoreError, match="checksum"):
-        ShardedColumnReader.open(tmp_path / "g.zarr" / "x").start(0, 10, pool).result()
+        ShardReader.open(tmp_path / "g.zarr" / "x").start(0, 10, pool).result()
