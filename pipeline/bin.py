@@ -94,13 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple[str, ...],
                    progress: bool) -> tuple[list[Path], int]:
-    """`run`, with a refused store as one error line and an exit code (an unwritable folder or a full disk is
-    `exits_on_error`'s)."""
-    try:
-        return run(cfg, store, frames_root, splits, progress), 0
-    except StoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return [], 1
+    """`run`, and exit code 0 (a refused store, an unwritable folder or a full disk is `exits_on_error`'s)."""
+    return run(cfg, store, frames_root, splits, progress), 0
 
 
 def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,

@@ -111,7 +111,7 @@ def _plot(rows: list[dict], title: str, out: Path) -> None:
         plt.close(fig)
 
 
-@exits_on_error
+@exits_on_error(codes={CheckpointError: 2}, notes={StoreError: "nothing was written."})
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -124,21 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = load_section("evaluate", EvaluateConfig, args.params, args.overrides)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        net, ckpt = load_run(args.run_dir, device)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    net, ckpt = load_run(args.run_dir, device)  # a CheckpointError: the run is refused before work (exit 2)
     run_cfg = ckpt["config"]["train"]
     T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
-    try:
-        check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
-        rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
-        _write_outputs(rows, args.run_dir)
-    except StoreError as err:
-        print(f"error: {err}\nnothing was written.", file=sys.stderr)
-        return 1
+    check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
+    rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
+    _write_outputs(rows, args.run_dir)
     print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
     return 0
 

@@ -6,12 +6,15 @@ Two failures used to end in a traceback after minutes of work, or never be seen 
   before any work starts, naming the folder (`NotWritableError`);
 * a full disk while a product is written (event store, frame cache, checkpoint, metrics): `writing` turns the
   ``OSError(ENOSPC)`` into one line naming the product, its path, the space it needs (an estimate) and the space
-  free (`DiskFullError`). The product's own `pipeline.store.atomic_output` has already removed its temporary by
+  free (`DiskFullError`). The product's own `pipeline.storage.atomic_output` has already removed its temporary by
   then, so nothing half-written is left.
 
-Every stage's ``main`` is decorated with `exits_on_error`: an `OutputError` (the base of both) or a
-`pipeline.config.ConfigError` becomes ``error: <message>`` on stderr and an exit code instead of a traceback: 2
-for what is refused before work (config, a folder), 1 for a disk that filled during it.
+Every stage's ``main`` is decorated with `exits_on_error`, the one place where refusals become ``error:
+<message>`` on stderr and an exit code instead of a traceback: a `pipeline.config.ConfigError` (2), and every
+`pipeline.errors.Refusal` with its class's exit code -- an `OutputError` (the base of both above: 2 for a
+folder refused before work, 1 for a disk that filled during it), a `pipeline.storage.StoreError` (1), a
+`pipeline.io.errors.RawDataError` (1), a `pipeline.runs.CheckpointError` (1); a stage may map one differently
+(``exits_on_error(codes=..., notes=...)``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.errors import Refusal
 from pipeline.storage import StoreError
 
-__all__ = ["exits_on_error", "OutputError", "NotWritableError", "DiskFullError", "check_writable", "writing", "disk_full", "is_disk_full",
+__all__ = ["exits_on_error", "refused", "OutputError", "NotWritableError", "DiskFullError", "check_writable", "writing", "disk_full", "is_disk_full",
            "free_bytes", "human_bytes", "nbytes_of", "empty_samples", "check_splits", "frame_cache_bytes"]
 
 #: Bytes per event in an event store before compression: x, y (u2), t (i8), p (u1).
@@ -38,7 +42,7 @@ EVENT_BYTES = 13
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class OutputError(RuntimeError):
+class OutputError(Refusal, RuntimeError):
     """An output cannot be written (see the subclasses); the message names the folder or product."""
 
     exit_code = 1
@@ -56,23 +60,40 @@ class DiskFullError(OutputError):
     exit_code = 1
 
 
-def exits_on_error(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorate a stage's ``main``: a `ConfigError` (params file, --set, a refused value; exit 2) or an
-    `OutputError` (an unwritable folder, exit 2; a full disk, exit 1) becomes one ``error: ...`` line on stderr
-    instead of a traceback."""
+def refused(err: Refusal | ConfigError, note: str = "", code: int | None = None) -> int:
+    """Print ``err`` as one ``error: <message>`` line on stderr (then ``note``, on a line of its own, when given)
+    and return its exit code: ``code`` when given, else 2 for a `ConfigError`, else ``err.exit_code``."""
+    print(f"error: {err}" + (f"\n{note}" if note else ""), file=sys.stderr)
+    if code is not None:
+        return code
+    return 2 if isinstance(err, ConfigError) else err.exit_code
 
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        except OutputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return err.exit_code
 
-    return wrapper
+def exits_on_error(main: Callable[..., int] | None = None, *, codes: dict[type, int] | None = None,
+                   notes: dict[type, str] | None = None):
+    """Decorate a stage's ``main`` (``@exits_on_error`` or ``@exits_on_error(codes=..., notes=...)``): a refusal
+    becomes one ``error: ...`` line on stderr (`refused`) and an exit code instead of a traceback.
+
+    Refusals: a `ConfigError` (params file, --set, a refused value; exit 2) and every `pipeline.errors.Refusal`,
+    with its class's ``exit_code``: an `OutputError` (an unwritable folder, 2; a full disk, 1), a
+    `pipeline.storage.StoreError` (1), a `pipeline.io.errors.RawDataError` (1), a
+    `pipeline.runs.CheckpointError` (1). A stage where one of them means something else says so: ``codes``
+    ``{class: exit code}`` (evaluate: an unreadable run is refused before work, 2) and ``notes``
+    ``{class: line printed after the message}`` (the first matching class, in ``isinstance`` order, wins)."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except (ConfigError, Refusal) as err:
+                code = next((c for cls, c in (codes or {}).items() if isinstance(err, cls)), None)
+                note = next((n for cls, n in (notes or {}).items() if isinstance(err, cls)), "")
+                return refused(err, note, code)
+
+        return wrapper
+
+    return decorate(main) if main is not None else decorate
 
 
 def _existing_ancestor(path: Path) -> Path:

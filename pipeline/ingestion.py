@@ -37,7 +37,7 @@ from pipeline.config import IngestConfig
 from pipeline.datasets import DatasetSpec, MissingRawDataError
 from pipeline.datasets.base import MissingDecoderError, Recording, download_instructions
 from pipeline.events import DecodedEvents
-from pipeline.guards import EVENT_BYTES, check_writable, disk_full, human_bytes, is_disk_full
+from pipeline.guards import EVENT_BYTES, check_writable, disk_full, human_bytes, is_disk_full, refused
 from pipeline.io.errors import RawDataError
 from pipeline.store import EventStoreWriter, StoreError, stable_hash
 
@@ -288,9 +288,8 @@ def ingest_and_report(spec: DatasetSpec, raw: Path, out: Path, cfg: IngestConfig
     except MissingDecoderError as err:
         print(f"error: {err}\nno event store was written.", file=sys.stderr)
         return 2
-    except (RawDataError, StoreError) as err:
-        print(f"error: {err}\nno event store was written.", file=sys.stderr)
-        return 1
+    except (RawDataError, StoreError) as err:  # exit 1, as `exits_on_error` maps them
+        return refused(err, "no event store was written.")
     print(report(attrs, out))
     return 0
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 
 from models.nets import SpikingNet, build_model
+from pipeline.errors import Refusal
 from pipeline.guards import nbytes_of, writing
 from pipeline.store import atomic_output
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_run"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Refusal, ValueError):
     """A run's checkpoint is missing, truncated or corrupt."""
 
 

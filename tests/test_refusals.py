@@ -594,7 +594,7 @@ def _swap_frames(cache: Path, other: Path) -> None:
     import h5py
     import zarr
 
-    from pipeline.store import list_files
+    from pipeline.storage import list_files
 
     if cache.suffix == ".h5":
         with h5py.File(other, "r") as src, h5py.File(cache, "r+") as dst:

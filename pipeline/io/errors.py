@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.errors import Refusal
+
 __all__ = ["RawDataError"]
 
 
-class RawDataError(ValueError):
+class RawDataError(Refusal, ValueError):
     """A raw file does not follow its format.
 
     The message always names the file and the position: a byte offset for binary files, a 1-based row for
