@@ -7,7 +7,7 @@ cache of (16, 2, 64, 64) uint8 per sample with the project's own stage code, the
 process on one core (``torch.set_num_threads(1)``, no DataLoader workers):
 
 * ours, lazy: `pipeline.data.FrameDataset(cache)` -- one chunk read + decompress per sample, from the sharded
-  Zarr cache (read straight from the shard file, `pipeline.frames._ShardReader`) and from the HDF5 cache;
+  Zarr cache (read straight from the shard file, `pipeline.storage.ShardReader`) and from the HDF5 cache;
 * ours, in RAM: `FrameDataset(cache, in_memory=True)`;
 * tonic: ``tonic.DiskCachedDataset`` (one LZF-compressed HDF5 file per sample, its default), read after it was
   filled from the same frames.

@@ -19,19 +19,20 @@ are JSON already. Zarr columns are Blosc-zstd (level 3; byte shuffle, bit shuffl
 `COLUMN_CODECS`).
 
 Writes stream: each column is written chunk by chunk (`pipeline.storage.ShardWriter`: compression in a thread
-pool, shard files written in order by one I/O thread, the files zarr-python itself would write), so memory holds a
-few chunks per column, never a split. The bin stage reads the columns back the same way (`EventSplit.column_readers`,
-`pipeline.storage.ShardReader`). What every product shares (atomic output, the two backends, attributes, header
-and inventory checks, pinning) is `pipeline.storage`; this module is the event store's layout on top of it.
+pool, shard files written in order by one I/O thread, the files zarr-python itself would write), so memory holds
+a few chunks per column, never a split. The bin stage reads the columns back the same way
+(`EventSplit.column_readers`, `pipeline.storage.ShardReader`). What every product shares (atomic output, the two
+backends, attributes, header and inventory checks, pinning) is `pipeline.storage`; this module is the event
+store's layout on top of it.
 
 Writes are atomic: a store is built under ``<path>.tmp-<pid>`` and swapped into place only once complete
 (`pipeline.storage.atomic_output`: one ``renameat2(RENAME_EXCHANGE)``, so the path never lacks a complete
-product; writers of one folder take turns under an ``flock``), so a killed ingest leaves nothing that opens. `open_event_store` refuses a
-store of another format version, one not marked complete, and (Zarr) one whose files are not exactly those
-written (root attribute ``files``: ``{relative path: bytes}`` of every file but the root ``zarr.json``; zarr
-would read a missing chunk as zeros). A reader pins the version it opened (`pipeline.storage.Pin`): a re-ingest
-that replaces the store while it is read makes the next read fail with "changed while it was being read", never
-mix versions.
+product; writers of one folder take turns under an ``flock``), so a killed ingest leaves nothing that opens.
+`open_event_store` refuses a store of another format version, one not marked complete, and (Zarr) one whose
+files are not exactly those written (root attribute ``files``: ``{relative path: bytes}`` of every file but the
+root ``zarr.json``; zarr would read a missing chunk as zeros). A reader pins the version it opened
+(`pipeline.storage.Pin`): a re-ingest that replaces the store while it is read makes the next read fail with
+"changed while it was being read", never mix versions.
 """
 
 from __future__ import annotations
@@ -138,15 +139,16 @@ class EventStoreWriter:
         if chunk_events <= 0 or shard_events <= 0 or shard_events % chunk_events:
             raise ValueError(f"shard_events ({shard_events}) must be a positive multiple of chunk_events ({chunk_events})")
         self.path = Path(path)
-        self.fmt = store_format(path, fmt)
-        if store_format(path) != self.fmt:
-            raise StoreError(f"{path}: a {self.fmt} store needs a {'.h5' if self.fmt == 'h5' else '.zarr'} path "
+        self.backend = backend_for(path, fmt)
+        self.fmt = self.backend.name
+        if backend_for(path) is not self.backend:
+            raise StoreError(f"{path}: a {self.fmt} store needs a {self.backend.suffix} path "
                              "(readers choose the backend by suffix)")
         self.chunk, self.shard = chunk_events, shard_events
         self._splits: dict[str, _SplitWriter] = {}
 
     def __enter__(self) -> "EventStoreWriter":
-        self._sink = ProductWriter(self.path, backend_for(self.path, self.fmt)).__enter__()
+        self._sink = ProductWriter(self.path, self.backend).__enter__()
         return self
 
     def split(self, name: str) -> _SplitWriter:
