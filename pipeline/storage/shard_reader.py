@@ -44,7 +44,7 @@ class ShardReader:
     product in messages ("store", "cache").
     """
 
-    _MISSING = 2**64 - 1
+    _MISSING = np.uint64(2**64 - 1)
 
     def __init__(self, root: Path, n: int, chunk: int, shard: int, row_shape: tuple[int, ...], dtype: np.dtype,
                  pin: Pin | None = None, rel: str = "", listed: set[str] | None = None, what: str = "store"):
@@ -122,23 +122,29 @@ class ShardReader:
                 self._index[s] = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
         return self._index[s]
 
-    def _decode_into(self, c: int, dest: np.ndarray) -> np.ndarray:
-        """Chunk ``c`` (all ``chunk`` rows, a padded last chunk included) into ``dest``."""
+    def _chunk_bytes(self, c: int) -> bytes | None:
+        """Chunk ``c`` as stored (Blosc-compressed), or None for a chunk that is all fill value (not stored)."""
         s, j = divmod(c, self.per_shard)
         offset, nbytes = self._shard_index(s)[j]
         if offset == self._MISSING:  # an all-zero chunk is not stored: the fill value
-            dest[:] = 0
-            return dest
+            return None
         fd = self._open_shard(s)
         if fd is None:  # the index was read, so the file existed: it went away since
             if self.pin is not None:
                 self.pin.check()
             raise StoreError(f"{self._shard_path(s)} disappeared while it was being read")
         try:
-            raw = os.pread(fd, int(nbytes), int(offset))
+            return os.pread(fd, int(nbytes), int(offset))
         finally:
             os.close(fd)
-        blosc.decompress(raw, dest)
+
+    def _decode_into(self, c: int, dest: np.ndarray) -> np.ndarray:
+        """Chunk ``c`` (all ``chunk`` rows, a padded last chunk included) into ``dest``."""
+        raw = self._chunk_bytes(c)
+        if raw is None:
+            dest[:] = 0
+        else:
+            blosc.decompress(raw, dest)
         return dest
 
     def _decode_new(self, c: int) -> np.ndarray:
@@ -150,7 +156,10 @@ class ShardReader:
         if not -self.n <= i < self.n:
             raise IndexError(f"row {i} out of range for an array of {self.n} rows")
         c, j = divmod(int(i) % self.n, self.chunk)
-        return self._decode_new(c)[j]
+        raw = self._chunk_bytes(c)
+        if raw is None:
+            return np.zeros(self.row_shape, self.dtype)
+        return np.frombuffer(blosc.decompress(raw), self.dtype).reshape(self.chunk, *self.row_shape)[j]
 
     def start(self, a: int, b: int, pool: ThreadPoolExecutor) -> "_PendingRead":
         """Begin reading rows ``[a, b)`` in ``pool``; `_PendingRead.result` waits and returns them,
