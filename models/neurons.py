@@ -143,7 +143,7 @@ def _surrogate(name: str) -> SurrogateSpec:
 
 @dataclasses.dataclass(frozen=True)
 class NeuronConfig:
-    """LIF settings (TSSD defaults).
+    """LIF settings (TSSD defaults); the ``train.neuron:`` section of params.yaml (`pipeline.runs.TrainConfig`).
 
     tau_steps: membrane time constant in time steps (the paper's tau; decay 1 - 1/tau), >= 1.
     v_th: threshold theta (input units). surrogate: a key of :data:`SURROGATES`.
