@@ -29,7 +29,7 @@ from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import BinConfig, Binning
 from pipeline.guards import check_writable, exits_on_error, writing
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
-from pipeline.runs import CheckpointError, load_run
+from pipeline.runs import CheckpointError, load_run, saved_train_config
 
 __all__ = ["evaluate_run", "main"]
 
@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_cfg = ckpt["config"]["train"]
-    T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
-    Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
+    run_cfg = saved_train_config(ckpt["config"]["train"])
+    Ts = args.T or sorted(set(cfg.T) | {run_cfg.T_s, run_cfg.teacher_T})
     try:
         check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
         rows = evaluate_run(net, ckpt, Ts, cfg.batch_size, device)
