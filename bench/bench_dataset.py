@@ -120,7 +120,8 @@ def child(raw: str, work: str) -> None:
     """Run in a fresh process: ingest + bin, print one JSON line of timings."""
     t_start = time.perf_counter()
     from pipeline.bin import run
-    from pipeline.config import BinConfig, IngestConfig
+    from pipeline.config import IngestConfig
+    from pipeline.frames import BinConfig
     from pipeline.datasets import get_spec
     from pipeline.ingest import ingest
 

@@ -17,7 +17,7 @@
 Calls are interleaved (A B, B A, ...) after two warm-ups and summarised by the median. With one
 thread (the default) each step is timed in process CPU time, which other processes sharing the
 machine do not inflate; ``--threads 0`` uses torch's thread count and wall time. Both variants
-run after ``models.neurons.configure_cpu()`` (denormals flushed, glibc keeping large blocks).
+run after ``pipeline.runtime.configure_cpu()`` (denormals flushed, glibc keeping large blocks).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from torch import nn
 # namespace stub, which does not execute models/__init__.py.
 from models.losses import task_loss, tssd_loss
 from models.nets import LinearHead, SpikingMLPHead, SpikingNet, build_model
-from models.neurons import configure_cpu, rect_surrogate
+from models.neurons import rect_surrogate
+from pipeline.runtime import configure_cpu
 
 
 # ------------------------------------------------------------------------ plain per-step reference

@@ -2,7 +2,7 @@
 
 from models.losses import kd_loss, task_loss, tssd_loss
 from models.nets import ARCHITECTURES, Output, SpikingNet, build_model, count_parameters
-from models.neurons import LIF, NeuronConfig, configure_cpu
+from models.neurons import LIF, NeuronConfig
 
 __all__ = [
     "ARCHITECTURES",
@@ -11,7 +11,6 @@ __all__ = [
     "Output",
     "SpikingNet",
     "build_model",
-    "configure_cpu",
     "count_parameters",
     "kd_loss",
     "task_loss",

@@ -39,12 +39,10 @@ Norse's ``threshold()`` dispatches on a fixed set of names, so the spike functio
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -64,48 +62,7 @@ __all__ = [
     "lif_multistep",
     "reset_subtract_fused",
     "rect_surrogate",
-    "configure_cpu",
-    "CPUSettings",
 ]
-
-
-class CPUSettings(NamedTuple):
-    """What :func:`configure_cpu` managed to switch on."""
-
-    flush_denormal: bool
-    malloc_keeps_large_blocks: bool
-
-
-def configure_cpu(*, malloc_threshold_bytes: int | None = 1 << 30) -> CPUSettings:
-    """Process-wide CPU settings for training; call once where training (or a benchmark) starts.
-
-    * Flush denormal floats to zero: decaying membranes (``v *= 1 - 1/tau`` with no input) walk
-      into the denormal range, where x86 arithmetic is many times slower (4.5x slower training
-      steps were seen).
-    * glibc only: raise malloc's mmap and trim thresholds to ``malloc_threshold_bytes`` (None: leave
-      them). By default glibc serves every block above 32 MiB with a fresh ``mmap`` and returns it on
-      free, so each large activation (e.g. ``[T*B, 128, 64, 64]`` floats) is page-faulted in again on
-      every step; with time folded into the batch this made the gesture net's step cost grow
-      super-linearly in ``T*B`` (T=6 cost 3.7x T=2 instead of 3x). Keeping those blocks on the heap
-      restores linear scaling; the price is that freed memory stays with the process.
-
-    Returns which of the two took effect (``torch.set_flush_denormal``'s and ``mallopt``'s answers).
-    """
-    if malloc_threshold_bytes is not None and not 0 < malloc_threshold_bytes < 2**31:
-        raise ValueError(f"malloc_threshold_bytes must be in (0, 2**31) (a C int), got {malloc_threshold_bytes}")
-    flushed = bool(torch.set_flush_denormal(True))
-    tuned = False
-    if malloc_threshold_bytes is not None and sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-            mallopt = None
-        if mallopt is not None:
-            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> parameter numbers
-            tuned = bool(mallopt(m_mmap_threshold, int(malloc_threshold_bytes))) and bool(
-                mallopt(m_trim_threshold, int(malloc_threshold_bytes))
-            )
-    return CPUSettings(flush_denormal=flushed, malloc_keeps_large_blocks=tuned)
 
 
 class RectSurrogate(torch.autograd.Function):
@@ -186,7 +143,7 @@ def _surrogate(name: str) -> SurrogateSpec:
 
 @dataclasses.dataclass(frozen=True)
 class NeuronConfig:
-    """LIF settings (TSSD defaults).
+    """LIF settings (TSSD defaults); the ``train.neuron:`` section of params.yaml (`pipeline.runs.TrainConfig`).
 
     tau_steps: membrane time constant in time steps (the paper's tau; decay 1 - 1/tau), >= 1.
     v_th: threshold theta (input units). surrogate: a key of :data:`SURROGATES`.

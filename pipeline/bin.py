@@ -5,7 +5,8 @@
                                      [--format zarr|h5] [--store PATH] [--splits train test] [--set bin.key=value]
     python -m pipeline.bin <dataset> --for-training [--prune]
 
-Defaults come from ``params.yaml`` (``bin:``, then the dataset's ``recipes.<name>.bin``, then ``--set``). Each
+Defaults come from ``params.yaml`` (``bin:``, then the dataset's ``recipes.<name>.bin``, then ``--set``, then the
+flags, which are ``--set bin.*`` overrides: `pipeline.config.flag_overrides`). Each
 cache lands at `pipeline.frames.cache_path` (a name derived from every parameter); existing caches with the
 same key are reused, never rebuilt stale. Prints one line per cache.
 
@@ -21,15 +22,15 @@ as a ``warning:`` line on stderr). A full disk is one ``error:`` line naming the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 from pathlib import Path
 
-from pipeline.config import BinConfig, IngestConfig, PathsConfig, for_dataset, load_section, resolve_training
-from pipeline.frames import Binning, cache_path, ensure_frame_cache
+from pipeline.binning import DTYPE_NAMES, SEMANTICS
+from pipeline.config import FORMATS, IngestConfig, PathsConfig, flag_overrides, load_section
+from pipeline.frames import BY, BinConfig, Binning, Timesteps, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
-from pipeline.store import StoreError, open_event_store, remove_path
+from pipeline.store import open_event_store, remove_path
 
 __all__ = ["run", "main"]
 
@@ -62,10 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dataset")
     ap.add_argument("--T", type=int, nargs="+")
     ap.add_argument("--out-size", type=int, nargs=2, metavar=("H", "W"))
-    ap.add_argument("--by", choices=("time", "count"))
-    ap.add_argument("--semantics", choices=("exact", "tonic", "spikingjelly"))
-    ap.add_argument("--dtype", choices=("uint8", "int16", "float32"))
-    ap.add_argument("--format", choices=("zarr", "h5"))
+    ap.add_argument("--by", choices=tuple(BY))
+    ap.add_argument("--semantics", choices=SEMANTICS)
+    ap.add_argument("--dtype", choices=DTYPE_NAMES)
+    ap.add_argument("--format", choices=FORMATS)
     ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
     ap.add_argument("--splits", nargs="+", default=["train", "test"])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -78,10 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.for_training:
         return _for_training(args.dataset, args.params, args.overrides, args.store, paths, args.prune,
                              not args.no_progress)
-    cfg = for_dataset("bin", BinConfig, args.dataset, args.params, args.overrides)
-    cli = {"T": args.T, "out_size": args.out_size, "by": args.by, "semantics": args.semantics,
-           "dtype": args.dtype, "format": args.format}
-    cfg = dataclasses.replace(cfg, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cli.items() if v is not None})
+    overrides = args.overrides + flag_overrides("bin", T=args.T, out_size=args.out_size, by=args.by,
+                                                semantics=args.semantics, dtype=args.dtype, format=args.format)
+    cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset)
     store = args.store or paths.store_path(args.dataset,
                                            load_section("ingest", IngestConfig, args.params, args.overrides).format)
     if not store.exists():
@@ -100,10 +100,13 @@ def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple
 
 def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,
                   prune: bool, progress: bool) -> int:
-    train_cfg, bin_cfg, _ = resolve_training(dataset, params, overrides)
+    # the caches train opens: bin: at the run's T_s and T_t (only those keys of train: are read; the flags
+    # --T, --dtype, ... are not applied: `pipeline.train` would not open caches binned with them)
+    timesteps = load_section("train", Timesteps, params, overrides, dataset=dataset, subset=True)
+    bin_cfg = load_section("bin", BinConfig, params, overrides + flag_overrides("bin", T=timesteps.frame_counts),
+                           dataset=dataset)
     store = store or paths.store_path(dataset, load_section("ingest", IngestConfig, params, overrides).format)
-    keep, code = _run_or_report(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))),
-                                store, Path(paths.frames_root), ("train", "test"), progress)
+    keep, code = _run_or_report(bin_cfg, store, Path(paths.frames_root), ("train", "test"), progress)
     if code:
         return code
     if prune:

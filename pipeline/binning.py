@@ -99,12 +99,14 @@ from numba.np.numpy_support import from_dtype
 from pipeline.events import SensorSize
 from pipeline.runtime import PARALLEL_LOCK  # the workqueue threading layer and its one-launch-at-a-time rule
 
-__all__ = ["SEMANTICS", "DTYPES", "SaturationWarning", "to_frames", "bin_events", "bin_batch"]
+__all__ = ["SEMANTICS", "DTYPES", "DTYPE_NAMES", "SaturationWarning", "to_frames", "bin_events", "bin_batch"]
 
 #: Accepted values of ``semantics``.
 SEMANTICS = ("exact", "tonic", "spikingjelly")
 #: Accepted output dtypes and the count at which each saturates.
 DTYPES = {np.dtype(np.int16): 32767, np.dtype(np.uint8): 255, np.dtype(np.float32): 2**24}
+#: Their names, as configs and command lines spell them.
+DTYPE_NAMES = tuple(dt.name for dt in DTYPES)
 
 # Integer codes the kernels switch on (numba folds these module globals into constants).
 _EXACT, _TONIC, _SPIKINGJELLY = 0, 1, 2
@@ -553,9 +555,9 @@ def _out_dtype(dtype) -> tuple[np.dtype, np.generic]:
     try:
         dt = np.dtype(dtype)
     except TypeError as err:
-        raise ValueError(f"unknown dtype {dtype!r}; valid choices: int16, uint8, float32") from err
+        raise ValueError(f"unknown dtype {dtype!r}; valid choices: {', '.join(DTYPE_NAMES)}") from err
     if dt not in DTYPES:
-        raise ValueError(f"unsupported dtype {dt}; valid choices: int16, uint8, float32")
+        raise ValueError(f"unsupported dtype {dt}; valid choices: {', '.join(DTYPE_NAMES)}")
     return dt, dt.type(DTYPES[dt])
 
 

@@ -1,11 +1,26 @@
-"""One frozen dataclass per ``params.yaml`` section; unknown keys and wrong types are errors.
+"""The config loader: ``params.yaml`` -> the frozen dataclass a section describes, with ``--set`` overrides.
 
-Stages load their section with `load_section`, applying ``--set a.b=value`` overrides (values parsed as YAML).
-Derived values are computed by the stages and printed, never written back into the config.
+One loader, `load_section`, for every stage and every section::
+
+    params.yaml[section]  ->  recipes.<dataset>.<section> (merged key by key, when a dataset is given)
+                          ->  --set section.key=value (value parsed as YAML; replaces what is at that path)
+
+Unknown keys and wrong types are errors (`ConfigError`, naming the key). A stage's own flags (``--T``,
+``--method``, ...) become ``--set``-style overrides with `flag_overrides`, appended after the user's ``--set``s, so
+a flag wins over everything and every value reaches the config one way. Derived values are computed by the
+stages and printed, never written back into the config.
+
+The dataclasses belong to the code that takes them, and each defines its choice lists next to the code that
+implements them: ``bin:`` is `pipeline.frames.BinConfig`, ``train:`` is `pipeline.runs.TrainConfig` (with
+`pipeline.data.Augment` and `models.neurons.NeuronConfig` inside), ``digits_dvs:`` is
+`pipeline.datasets.digits_dvs.DigitsDVSConfig`. The sections that only stages read (``paths:``, ``ingest:``,
+``evaluate:``) are defined here. This module imports no other project module, so every one of them can import
+`ConfigError` from it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -14,17 +29,28 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["PathsConfig", "IngestConfig", "BinConfig", "EvaluateConfig", "TrainConfig", "AugmentConfig", "for_dataset", "load_params", "load_section", "apply_overrides", "ConfigError",
-           "resolve_training"]
+__all__ = ["ConfigError", "PathsConfig", "IngestConfig", "EvaluateConfig", "load_params", "load_section",
+           "apply_overrides", "flag_overrides", "build", "check_choice", "FORMATS"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
+
+#: Storage formats of the event store and the frame caches (`pipeline.store.store_format` reads both).
+FORMATS = ("zarr", "h5")
 
 
 class ConfigError(ValueError):
     """params.yaml or a --set override does not fit the config schema."""
 
 
+def check_choice(name: str, value: Any, options: typing.Iterable) -> None:
+    """Raise ConfigError unless ``value`` is one of ``options`` (a tuple, or a registry dict's keys)."""
+    options = tuple(options)
+    if value not in options:
+        raise ConfigError(f"{name} = {value!r}; choose one of {', '.join(map(str, options))}")
+
+
+# ------------------------------------------------------------------------------------------ stage-only sections
 @dataclasses.dataclass(frozen=True)
 class PathsConfig:
     """Where generated artifacts live (all under data_cache/, which DVC owns)."""
@@ -42,7 +68,7 @@ class PathsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
-    """`pipeline.ingest`: raw files -> event store."""
+    """`pipeline.ingest`: raw files -> event store (taken as it is by `pipeline.ingestion.ingest`)."""
 
     format: str = "zarr"  # zarr | h5
     chunk_events: int = 1 << 18  # events per compressed chunk (read granularity)
@@ -52,32 +78,10 @@ class IngestConfig:
         default_factory=lambda: {"dvs_gesture": "official", "digits_dvs": "official", "cifar10_dvs": "tet"})
 
     def __post_init__(self) -> None:
-        _choice("ingest.format", self.format, ("zarr", "h5"))
-        _choice("ingest.out_of_sensor", self.out_of_sensor, ("error", "drop"))
+        check_choice("ingest.format", self.format, FORMATS)
+        check_choice("ingest.out_of_sensor", self.out_of_sensor, ("error", "drop"))
         if self.chunk_events <= 0 or self.shard_events <= 0 or self.shard_events % self.chunk_events:
             raise ConfigError("ingest.shard_events must be a positive multiple of ingest.chunk_events")
-
-
-@dataclasses.dataclass(frozen=True)
-class BinConfig:
-    """`pipeline.bin`: event store -> frame caches (per-dataset values come from ``recipes.<name>.bin``)."""
-
-    T: tuple[int, ...] = (8, 16)
-    by: str = "time"  # time | count
-    semantics: str = "exact"  # exact (lossless) | tonic | spikingjelly
-    out_size: tuple[int, int] | None = None  # (H, W) to downsample to while binning
-    dtype: str = "int16"  # int16 | uint8 (saturating, counted) | float32
-    format: str = "zarr"  # zarr | h5
-
-    def __post_init__(self) -> None:
-        _choice("bin.by", self.by, ("time", "count"))
-        _choice("bin.semantics", self.semantics, ("exact", "tonic", "spikingjelly"))
-        _choice("bin.dtype", self.dtype, ("int16", "uint8", "float32"))
-        _choice("bin.format", self.format, ("zarr", "h5"))
-        if any(t <= 0 for t in self.T):
-            raise ConfigError(f"bin.T = {list(self.T)}: every frame count must be >= 1")
-        if self.out_size is not None and min(self.out_size) <= 0:
-            raise ConfigError(f"bin.out_size = {list(self.out_size)}: H and W must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,93 +91,12 @@ class EvaluateConfig:
     T: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16])
     batch_size: int = 64
 
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation shared by every view of a sample (see pipeline.data.Augment)."""
-
-    flip_p: float = 0.0
-    max_shift_px: int = 2
-    shift_mode: str = "roll"  # roll (TET) | translate (zero fill, NDA)
-    cutout_px: int = 0
-
     def __post_init__(self) -> None:
-        _choice("train.augment.shift_mode", self.shift_mode, ("roll", "translate"))
-        if not 0.0 <= self.flip_p <= 1.0:
-            raise ConfigError(f"train.augment.flip_p = {self.flip_p} must be a probability in [0, 1]")
-        if self.max_shift_px < 0 or self.cutout_px < 0:
-            raise ConfigError(f"train.augment.max_shift_px ({self.max_shift_px}) and cutout_px ({self.cutout_px}) "
-                              "must be >= 0")
+        if any(t <= 0 for t in self.T) or self.batch_size <= 0:
+            raise ConfigError(f"evaluate.T = {list(self.T)} and evaluate.batch_size = {self.batch_size} must be >= 1")
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``). The defaults are params.yaml's
-    (tested), so code that builds a config without the file gets what `make repro` runs."""
-
-    method: str = "tssd"  # baseline | tsd | ssd | tssd
-    arch: str = "small"  # small | gesture_net | vggsnn
-    T_s: int = 2  # student timesteps (inference cost)
-    T_t: int | None = 4  # teacher timesteps; null = 2 * T_s
-    epochs: int = 20
-    batch_size: int = 32
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
-    seed: int = 0
-    alpha: float = 1.0  # weight of the temporal self-distillation term
-    beta: float = 1.0  # weight of the spatial self-distillation term
-    gamma: float = 0.0  # weight of the weak classifier's own task loss
-    tau_kd: float = 2.0  # distillation temperature
-    task_loss: str = "ce"  # ce (on time-averaged logits) | tet (per-timestep, TET)
-    tet_lambda: float = 0.0
-    teacher_grad: bool = False  # does the temporal KD term's gradient reach the teacher run?
-    weak_stages: list[str] | None = None  # null = the architecture's middle stage
-    neuron: dict[str, Any] = dataclasses.field(  # models.neurons.NeuronConfig options
-        default_factory=lambda: {"tau_steps": 2.0, "v_th": 1.0, "surrogate": "rect", "alpha": 1.0})
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    in_memory: bool = True  # load frame caches into RAM
-    num_workers: int = 0
-    amp: bool = True  # autocast on CUDA (bf16 where supported)
-    channels_last: bool = True  # on CUDA
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    def __post_init__(self) -> None:
-        _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
-        _choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
-        _choice("train.schedule", self.schedule, ("cosine", "constant"))
-        _choice("train.task_loss", self.task_loss, ("ce", "tet"))
-        if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0) or self.epochs < 0 or self.batch_size <= 0:
-            raise ConfigError("train.T_s, T_t, batch_size must be positive and epochs >= 0")
-        for key in ("lr", "weight_decay", "alpha", "beta", "gamma", "tet_lambda"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.{key} = {getattr(self, key)} must be >= 0")
-        if self.tau_kd <= 0:
-            raise ConfigError(f"train.tau_kd = {self.tau_kd} must be > 0 (the distillation temperature divides the logits)")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"train.momentum = {self.momentum} must be in [0, 1)")
-        if self.num_workers < 0:
-            raise ConfigError(f"train.num_workers = {self.num_workers} must be >= 0")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
-                and self.device[5:].isdigit()):
-            raise ConfigError(f"train.device = {self.device!r}; choose auto, cpu, cuda or cuda:N")
-        if self.teacher_T <= self.T_s:
-            raise ConfigError(f"train.T_t = {self.teacher_T} must exceed train.T_s = {self.T_s}: the teacher is the "
-                              "same network run for more timesteps (set both, or T_t: null for 2 * T_s)")
-
-    @property
-    def teacher_T(self) -> int:
-        """T_t: the teacher's timesteps (2 * T_s unless set)."""
-        return self.T_t if self.T_t is not None else 2 * self.T_s
-
-
-def _choice(name: str, value: Any, options: tuple) -> None:
-    if value not in options:
-        raise ConfigError(f"{name} = {value!r}; choose one of {', '.join(map(str, options))}")
-
-
+# ------------------------------------------------------------------------------------------ the loader
 def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     """The whole params.yaml as a dict. A missing file is an error: running on the dataclass defaults instead
     of the parameters the user meant would be a silent wrong result."""
@@ -194,9 +117,8 @@ SECTIONS = ("datasets", "methods", "paths", "ingest", "digits_dvs", "bin", "trai
 
 
 def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
-    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict."""
-    import copy
-
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested dict, returning a new dict. Each one
+    replaces what is at its path; later ones win."""
     out = copy.deepcopy(params)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -215,6 +137,83 @@ def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err}") from None
     return out
+
+
+def flag_overrides(section: str, **flags: Any) -> list[str]:
+    """A stage's dedicated command-line flags as ``--set``-style overrides of ``section`` (None = not given).
+
+    ``flag_overrides("bin", T=[8], dtype="uint8", by=None)`` -> ``["bin.T=[8]", "bin.dtype=uint8"]``; a stage
+    appends them after the user's ``--set``s, so the flag wins (as a later ``--set`` does)."""
+    out = []
+    for key, value in flags.items():
+        if value is None:
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump(value, default_flow_style=True).strip()
+        out.append(f"{section}.{key}={text.removesuffix('...').strip()}")  # '...': yaml's end of a bare scalar
+    return out
+
+
+def _under(item: str, section: str) -> bool:
+    key, sep, _ = item.partition("=")
+    return bool(sep) and (key == section or key.startswith(section + "."))
+
+
+def _mapping(name: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping, got {value!r}")
+    return value
+
+
+def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,
+                 overrides: list[str] | None = None, *, dataset: str | None = None, subset: bool = False) -> C:
+    """``params.yaml[section]`` as a ``cls``: the section, then (``dataset`` given) ``recipes.<dataset>.<section>``
+    merged over it key by key (nested mappings such as ``augment`` one level deep), then the ``--set section.*``
+    overrides, each replacing the value at its path: an explicit command-line value always wins over the recipe.
+
+    ``params`` is a path or an already loaded dict. ``subset=True`` reads only the keys ``cls`` declares (a
+    stage that needs a few keys of another stage's section: `pipeline.bin --for-training` reads the training
+    timesteps); otherwise an unknown key in any layer is a ConfigError naming the layer."""
+    data = params if isinstance(params, dict) else load_params(params)
+    overrides = list(overrides or [])
+    # every other override first (recipes.*, other sections): they are checked here even when not used
+    rest = apply_overrides(data, [o for o in overrides if not _under(o, section)])
+    value = _mapping(section, rest.get(section))
+    if dataset is not None:
+        recipe = _mapping(f"recipes.{dataset}", _mapping("recipes", rest.get("recipes")).get(dataset))
+        layer = _mapping(f"recipes.{dataset}.{section}", recipe.get(section))
+        if not subset:
+            _check_keys(cls, layer, f"recipes.{dataset}.{section}")
+        value = {**value, **{k: ({**value[k], **v} if isinstance(v, dict) and isinstance(value.get(k), dict) else v)
+                             for k, v in layer.items()}}
+    mine = [o for o in overrides if _under(o, section)]
+    value = _mapping(f"--set {section}" if mine else section, apply_overrides({section: value}, mine)[section])
+    return build(cls, value, section, subset=subset)
+
+
+def _check_keys(cls: type, data: dict, name: str) -> None:
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    if unknown := sorted(set(data) - set(fields)):
+        raise ConfigError(f"unknown key(s) in {name}: {unknown}; valid keys: {fields}")
+
+
+def build(cls: type[C], data: dict | None, name: str, *, subset: bool = False) -> C:
+    """Build dataclass ``cls`` from a mapping: unknown keys (unless ``subset``) and wrong types raise ConfigError,
+    and so does a ValueError of ``cls``'s own checks (the library's message, prefixed with ``name``)."""
+    data = _mapping(name, data)
+    if subset:
+        data = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    _check_keys(cls, data, name)
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a library class's own check (e.g. models.neurons.NeuronConfig)
+        raise ConfigError(f"{name}: {err}") from None
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:
@@ -253,64 +252,3 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     if not isinstance(value, tp):
         raise ConfigError(f"{name} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
-
-
-def build(cls: type[C], data: dict | None, name: str) -> C:
-    """Build dataclass ``cls`` from a mapping: unknown keys and wrong types raise ConfigError."""
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - fields
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; valid keys: {sorted(fields)}")
-    kwargs = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _merge(base: dict, layer: dict) -> dict:
-    """``layer`` over ``base``; nested mappings (augment, neuron, ...) are merged key by key, one level deep."""
-    out = dict(base)
-    for k, v in layer.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def for_dataset(section: str, cls: type[C], dataset: str, params: str | Path | dict = DEFAULT_PARAMS,
-                overrides: list[str] | None = None) -> C:
-    """``params.yaml[section]``, then ``recipes.<dataset>.<section>``, then the ``--set section.*`` overrides:
-    an explicit command-line value always wins over the dataset's recipe."""
-    data = params if isinstance(params, dict) else load_params(params)
-    cli = apply_overrides({}, overrides)
-    recipe = (apply_overrides(data, overrides).get("recipes") or {}).get(dataset) or {}
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"recipes.{dataset} must be a mapping, got {recipe!r}")
-    fields = sorted(f.name for f in dataclasses.fields(cls))
-    merged: dict = {}
-    for name, layer in ((section, data.get(section)), (f"recipes.{dataset}.{section}", recipe.get(section)),
-                        (f"--set {section}", cli.get(section))):
-        if layer is None:
-            continue
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{name} must be a mapping, got {layer!r}")
-        if unknown := sorted(set(layer) - set(fields)):
-            raise ConfigError(f"unknown key(s) in {name}: {unknown}; valid keys: {fields}")
-        merged = _merge(merged, layer)
-    return build(cls, merged, section)
-
-
-def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,
-                 overrides: list[str] | None = None) -> C:
-    """Load ``params.yaml[section]`` into ``cls`` after applying ``--set`` overrides."""
-    data = params if isinstance(params, dict) else load_params(params)
-    data = apply_overrides(data, overrides)
-    return build(cls, data.get(section), section)
-
-
-def resolve_training(dataset: str, params_path: str | Path | dict = DEFAULT_PARAMS,
-                     overrides: list[str] | None = None) -> tuple[TrainConfig, BinConfig, PathsConfig]:
-    """Configs for ``dataset``: params.yaml, then ``recipes.<dataset>``, then ``--set`` overrides (which win)."""
-    return (for_dataset("train", TrainConfig, dataset, params_path, overrides),
-            for_dataset("bin", BinConfig, dataset, params_path, overrides),
-            load_section("paths", PathsConfig, params_path, overrides))

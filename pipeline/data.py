@@ -23,10 +23,11 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.binning import to_frames
+from pipeline.config import ConfigError, check_choice
 from pipeline.frames import Binning, FrameCache, open_frame_cache
 from pipeline.store import EventSplit, open_event_store
 
-__all__ = ["Augment", "AugParams", "CacheView", "RebinView", "FrameDataset", "MultiViewDataset"]
+__all__ = ["Augment", "AugParams", "SHIFT_MODES", "CacheView", "RebinView", "FrameDataset", "MultiViewDataset"]
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -39,20 +40,28 @@ class AugParams(NamedTuple):
     cutout: tuple[int, int, int, int] | None  # (y0, y1, x0, x1) in output pixels
 
 
+#: How a shift moves the frame (`Augment.apply`): ``roll`` wraps around (TET), ``translate`` fills with zeros (NDA).
+SHIFT_MODES = ("roll", "translate")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Frame augmentation in torch: flip with probability ``flip_p``; shift by ``dx, dy`` drawn uniformly from
-    ``[-max_shift_px, max_shift_px]`` -- ``shift_mode='roll'`` wraps around (TET), ``'translate'`` fills with
-    zeros (NDA); a ``cutout_px`` square zeroed at a random centre (0 disables)."""
+    """Frame augmentation in torch, the ``train.augment:`` section: flip with probability ``flip_p``; shift by
+    ``dx, dy`` drawn uniformly from ``[-max_shift_px, max_shift_px]`` -- ``shift_mode`` one of `SHIFT_MODES`; a
+    ``cutout_px`` square zeroed at a random centre (0 disables). The defaults are params.yaml's."""
 
-    flip_p: float = 0.5
-    max_shift_px: int = 5
-    shift_mode: str = "roll"
+    flip_p: float = 0.0
+    max_shift_px: int = 2
+    shift_mode: str = "roll"  # roll (TET) | translate (zero fill, NDA)
     cutout_px: int = 0
 
     def __post_init__(self) -> None:
-        if self.shift_mode not in ("roll", "translate"):
-            raise ValueError(f"shift_mode={self.shift_mode!r}; choose 'roll' or 'translate'")
+        check_choice("train.augment.shift_mode", self.shift_mode, SHIFT_MODES)
+        if not 0.0 <= self.flip_p <= 1.0:
+            raise ConfigError(f"train.augment.flip_p = {self.flip_p} must be a probability in [0, 1]")
+        if self.max_shift_px < 0 or self.cutout_px < 0:
+            raise ConfigError(f"train.augment.max_shift_px ({self.max_shift_px}) and cutout_px ({self.cutout_px}) "
+                              "must be >= 0")
 
     def draw(self, gen: torch.Generator, height: int, width: int) -> AugParams:
         r = torch.rand(4, generator=gen).tolist()

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import BinConfig, EvaluateConfig, load_section
+from pipeline.config import EvaluateConfig, flag_overrides, load_section
 from pipeline.data import MultiViewDataset, RebinView
-from pipeline.frames import Binning
+from pipeline.frames import BinConfig, Binning
 from pipeline.guards import check_writable, exits_on_error, writing
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
-from pipeline.runs import CheckpointError, load_run
+from pipeline.runs import CheckpointError, load_run, saved_train_config
 
 __all__ = ["evaluate_run", "main"]
 
@@ -122,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other stages")
     args = ap.parse_args(argv)
-    cfg = load_section("evaluate", EvaluateConfig, args.params, args.overrides)
+    # --T is not evaluate.T: it replaces the whole list (the run's T_s and T_t are not added to it)
+    cfg = load_section("evaluate", EvaluateConfig, args.params,
+                       args.overrides + flag_overrides("evaluate", batch_size=args.batch_size))
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     net, ckpt = load_run(args.run_dir, device)  # a CheckpointError: the run is refused before work (exit 2)
-    run_cfg = ckpt["config"]["train"]
-    T_t = run_cfg["T_t"] if run_cfg["T_t"] is not None else 2 * run_cfg["T_s"]
-    Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
+    run_cfg = saved_train_config(ckpt["config"]["train"])
+    Ts = args.T or sorted(set(cfg.T) | {run_cfg.T_s, run_cfg.teacher_T})
     check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
-    rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
+    rows = evaluate_run(net, ckpt, Ts, cfg.batch_size, device)
     _write_outputs(rows, args.run_dir)
     print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
     return 0

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.binning import bin_batch
+from pipeline.binning import DTYPE_NAMES, SEMANTICS, bin_batch
+from pipeline.config import FORMATS, ConfigError, check_choice
 from pipeline.events import SensorSize
 from pipeline.storage import (
     ZSTD_BITSHUFFLE,
@@ -43,7 +44,10 @@ from pipeline.store import EventSplit, open_event_store
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "BY",
     "Binning",
+    "BinConfig",
+    "Timesteps",
     "FrameCache",
     "cache_path",
     "build_frame_cache",
@@ -58,7 +62,8 @@ SHARD_SAMPLES = 64
 #: with each library's default (zarr-python's zstd; HDF5 uncompressed).
 FRAMES_CODEC = Codec(ZSTD_BITSHUFFLE, {"compression": "lzf"})
 _SMALL = Codec()
-_DTYPES = ("uint8", "int16", "float32")
+#: What ``T`` counts frames along (`Binning.by`): the `pipeline.binning` slicing argument each choice becomes.
+BY = {"time": "n_time_bins", "count": "n_event_bins"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,25 +85,21 @@ class Binning:
     def __post_init__(self) -> None:
         if self.T <= 0:
             raise ValueError(f"T must be positive, got {self.T}")
-        if self.by not in ("time", "count"):
-            raise ValueError(f"by={self.by!r}; choose 'time' or 'count'")
-        if self.semantics not in ("exact", "tonic", "spikingjelly"):
-            raise ValueError(f"semantics={self.semantics!r}; choose exact, tonic or spikingjelly")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}; choose one of {', '.join(_DTYPES)}")
+        for name, options in (("by", BY), ("semantics", SEMANTICS), ("dtype", DTYPE_NAMES)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(options)}")
         if self.out_size is not None:
             object.__setattr__(self, "out_size", tuple(int(v) for v in self.out_size))
 
     @classmethod
-    def from_config(cls, cfg, T: int) -> "Binning":
-        """The binning of a `pipeline.config.BinConfig` at ``T`` frames."""
+    def from_config(cls, cfg: BinConfig, T: int) -> Binning:
+        """The binning of the ``bin:`` section ``cfg`` at ``T`` frames."""
         return cls(T=T, by=cfg.by, semantics=cfg.semantics, out_size=cfg.out_size, dtype=cfg.dtype)
 
     def kwargs(self) -> dict:
         """Keyword arguments for `pipeline.binning.bin_batch` / `to_frames`."""
-        slicing = {"n_time_bins": self.T} if self.by == "time" else {"n_event_bins": self.T}
-        return {**slicing, "semantics": self.semantics, "out_size": self.out_size, "dtype": np.dtype(self.dtype),
-                "overlap": self.overlap}
+        return {BY[self.by]: self.T, "semantics": self.semantics, "out_size": self.out_size,
+                "dtype": np.dtype(self.dtype), "overlap": self.overlap}
 
     def frame_sensor(self, sensor: SensorSize) -> SensorSize:
         """Sensor size of the frames: ``out_size`` replaces (W, H)."""
@@ -110,6 +111,59 @@ class Binning:
         d = dataclasses.asdict(self)
         d["out_size"] = list(self.out_size) if self.out_size else None
         return d
+
+
+@dataclasses.dataclass(frozen=True)
+class BinConfig:
+    """The ``bin:`` section: the frame caches `pipeline.bin` builds -- one `Binning` per frame count in ``T``
+    (`Binning.from_config`), all stored in ``format``. The choices are `Binning`'s (`BY`,
+    `pipeline.binning.SEMANTICS`, `pipeline.binning.DTYPE_NAMES`) and `pipeline.config.FORMATS`."""
+
+    T: tuple[int, ...] = (8, 16)
+    by: str = "time"  # time | count
+    semantics: str = "exact"  # exact (lossless) | tonic | spikingjelly
+    out_size: tuple[int, int] | None = None  # (H, W) to downsample to while binning
+    dtype: str = "int16"  # int16 | uint8 (saturating, counted) | float32
+    format: str = "zarr"  # zarr | h5
+
+    def __post_init__(self) -> None:
+        check_choice("bin.by", self.by, BY)
+        check_choice("bin.semantics", self.semantics, SEMANTICS)
+        check_choice("bin.dtype", self.dtype, DTYPE_NAMES)
+        check_choice("bin.format", self.format, FORMATS)
+        if any(t <= 0 for t in self.T):
+            raise ConfigError(f"bin.T = {list(self.T)}: every frame count must be >= 1")
+        if self.out_size is not None and min(self.out_size) <= 0:
+            raise ConfigError(f"bin.out_size = {list(self.out_size)}: H and W must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timesteps:
+    """The ``train:`` keys that choose the frame caches a training run reads: the student's ``T_s`` (the
+    deployed network's inference cost) and the teacher's ``T_t`` (None: ``2 * T_s``).
+
+    `pipeline.runs.TrainConfig` (the whole ``train:`` section) extends it; `pipeline.bin --for-training` loads
+    only these keys, so building the caches depends on them and on no training code."""
+
+    T_s: int = 2  # student timesteps (inference cost)
+    T_t: int | None = 4  # teacher timesteps; null = 2 * T_s
+
+    def __post_init__(self) -> None:
+        if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0):
+            raise ConfigError(f"train.T_s = {self.T_s} and train.T_t = {self.T_t} must be positive")
+        if self.teacher_T <= self.T_s:
+            raise ConfigError(f"train.T_t = {self.teacher_T} must exceed train.T_s = {self.T_s}: the teacher is the "
+                              "same network run for more timesteps (set both, or T_t: null for 2 * T_s)")
+
+    @property
+    def teacher_T(self) -> int:
+        """T_t: the teacher's timesteps (2 * T_s unless set)."""
+        return self.T_t if self.T_t is not None else 2 * self.T_s
+
+    @property
+    def frame_counts(self) -> tuple[int, ...]:
+        """The frame counts of the caches a run reads: ``(T_s, T_t)``, ascending."""
+        return tuple(sorted({self.T_s, self.teacher_T}))
 
 
 def _key(binning: Binning, store_id: str, split: str, sensor: SensorSize) -> str:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.config import IngestConfig, PathsConfig, load_section
+from pipeline.config import FORMATS, IngestConfig, PathsConfig, flag_overrides, load_section
 from pipeline.datasets import get_spec
 from pipeline.guards import exits_on_error
 from pipeline.ingestion import ingest, ingest_and_report
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dataset", help="dvs_gesture | cifar10_dvs | digits_dvs | recordings (a folder of your own)")
     ap.add_argument("--raw", type=Path, help="raw folder (default: <paths.raw_root>/<dataset>)")
     ap.add_argument("--out", type=Path, help="store path (default: <paths.events_root>/<dataset>.zarr|.h5)")
-    ap.add_argument("--format", choices=("zarr", "h5"))
+    ap.add_argument("--format", choices=FORMATS)
     ap.add_argument("--from-tonic", type=Path, metavar="SAVE_TO",
                     help="ingest a tree downloaded by tonic (its save_to folder) through tonic's dataset classes")
     ap.add_argument("--split", help="split scheme (cifar10_dvs: tet, tebn, spikingjelly, random:<seed>)")
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dataset != "recordings" and (args.name or args.sensor_size):
         ap.error("--name and --sensor-size are options of `recordings`")
-    overrides = list(args.overrides) + ([f"ingest.format={args.format}"] if args.format else [])
+    overrides = args.overrides + flag_overrides("ingest", format=args.format)
     cfg = load_section("ingest", IngestConfig, args.params, overrides)
-    paths = load_section("paths", PathsConfig, args.params, args.overrides)
+    paths = load_section("paths", PathsConfig, args.params, overrides)
     spec = get_spec(args.dataset)
     if args.dataset == "recordings":
         try:

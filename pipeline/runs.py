@@ -1,24 +1,100 @@
-"""A run directory's checkpoint: save it atomically, load it (refusing a truncated file), rebuild its network.
+"""A training run: its parameters (`TrainConfig`, the ``train:`` section) and its run directory's checkpoint --
+save it atomically, load it (refusing a truncated file), rebuild its network.
 
     <runs_root>/<dataset>/<method>/checkpoint.pt    model, optimizer, scheduler, scaler state, config, model_args,
                                                     epoch, history, store_id / store_path, frames_root
 
-Shared by `pipeline.train` (writes, resumes) and `pipeline.evaluate` (reads): stages never import each other.
+The checkpoint keeps ``config`` as plain dicts (``dataclasses.asdict``); `saved_train_config` reads one back,
+filling in the defaults of keys added since it was written. Shared by `pipeline.train` (writes, resumes) and
+`pipeline.evaluate` (reads): stages never import each other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
 import torch
 
+from models.losses import METHODS, TASK_LOSSES
 from models.nets import SpikingNet, build_model
+from models.neurons import NeuronConfig
+from pipeline.config import ConfigError, build, check_choice
+from pipeline.data import Augment
 from pipeline.errors import Refusal
+from pipeline.frames import Timesteps
 from pipeline.guards import nbytes_of, writing
 from pipeline.store import atomic_output
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_run"]
+__all__ = ["TrainConfig", "saved_train_config", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "load_run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(Timesteps):
+    """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``). The defaults are params.yaml's
+    (tested), so code that builds a config without the file gets what `make repro` runs.
+
+    ``T_s``, ``T_t`` and ``teacher_T`` come from `pipeline.frames.Timesteps`. The choices are those of the code
+    that implements them: ``method`` a key of `models.losses.METHODS`, ``task_loss`` of
+    `models.losses.TASK_LOSSES`, ``neuron`` a `models.neurons.NeuronConfig`, ``augment`` a
+    `pipeline.data.Augment`; ``arch`` and ``weak_stages`` are checked by `models.nets.build_model` against the
+    input size before any work (`pipeline.train`)."""
+
+    method: str = "tssd"  # baseline | tsd | ssd | tssd
+    arch: str = "small"  # small | gesture_net | vggsnn
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+    seed: int = 0
+    alpha: float = 1.0  # weight of the temporal self-distillation term
+    beta: float = 1.0  # weight of the spatial self-distillation term
+    gamma: float = 0.0  # weight of the weak classifier's own task loss
+    tau_kd: float = 2.0  # distillation temperature
+    task_loss: str = "ce"  # ce (on time-averaged logits) | tet (per-timestep, TET)
+    tet_lambda: float = 0.0
+    teacher_grad: bool = False  # does the temporal KD term's gradient reach the teacher run?
+    weak_stages: list[str] | None = None  # null = the architecture's middle stage
+    neuron: NeuronConfig = dataclasses.field(default_factory=lambda: NeuronConfig(alpha=1.0))
+    augment: Augment = dataclasses.field(default_factory=Augment)
+    in_memory: bool = True  # load frame caches into RAM
+    num_workers: int = 0
+    amp: bool = True  # autocast on CUDA (bf16 where supported)
+    channels_last: bool = True  # on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("train.method", self.method, METHODS)
+        check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))  # `pipeline.train` builds them
+        check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+        check_choice("train.task_loss", self.task_loss, TASK_LOSSES)
+        if self.epochs < 0 or self.batch_size <= 0:
+            raise ConfigError(f"train.batch_size = {self.batch_size} must be positive and train.epochs = "
+                              f"{self.epochs} >= 0")
+        for key in ("lr", "weight_decay", "alpha", "beta", "gamma", "tet_lambda"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} = {getattr(self, key)} must be >= 0")
+        if self.tau_kd <= 0:
+            raise ConfigError(f"train.tau_kd = {self.tau_kd} must be > 0 (the distillation temperature divides the logits)")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"train.momentum = {self.momentum} must be in [0, 1)")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers = {self.num_workers} must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+                and self.device[5:].isdigit()):
+            raise ConfigError(f"train.device = {self.device!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def saved_train_config(saved: dict) -> TrainConfig:
+    """The `TrainConfig` of a checkpoint's ``config["train"]`` dict (``dataclasses.asdict``, perhaps without the
+    keys a checkpoint of an older version did not have: they get their defaults, the values it ran with)."""
+    return build(TrainConfig, saved, "checkpoint config.train")
 
 
 class CheckpointError(Refusal, ValueError):

@@ -44,13 +44,12 @@ from tqdm import tqdm
 
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
-from models.neurons import configure_cpu
-from pipeline.config import (BinConfig, ConfigError, IngestConfig, PathsConfig, TrainConfig, load_section,
-                             resolve_training)
+from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section
 from pipeline.data import Augment, CacheView, MultiViewDataset
-from pipeline.frames import Binning, FrameCache, cache_path, ensure_frame_cache
+from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
-from pipeline.runs import CheckpointError, load_checkpoint, save_checkpoint
+from pipeline.runs import TrainConfig, load_checkpoint, save_checkpoint, saved_train_config
+from pipeline.runtime import configure_cpu
 from pipeline.store import StoreError, open_event_store, write_atomic
 
 __all__ = ["run", "main", "TrainingDiverged", "Pair"]
@@ -261,7 +260,7 @@ def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Se
     weak_stages = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
     return {"arch": cfg.arch, "in_channels": int(in_channels), "n_classes": n_classes,
             "input_hw": [int(v) for v in input_hw], "weak_stages": None if weak_stages is None else list(weak_stages),
-            "neuron": dict(cfg.neuron), "t_ref": cfg.T_s}
+            "neuron": dataclasses.asdict(cfg.neuron), "t_ref": cfg.T_s}
 
 
 def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[SpikingNet, dict]:
@@ -335,7 +334,7 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: n
         return _Progress()
     ckpt = load_checkpoint(ckpt_path, ranks.device)
     saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), cfg.T_s).as_dict()
-    if (ckpt["config"]["train"], saved_binning, ckpt["store_id"]) != (
+    if (_comparable(saved_train_config(ckpt["config"]["train"])), saved_binning, ckpt["store_id"]) != (
             _comparable(cfg), Binning.from_config(bin_cfg, cfg.T_s).as_dict(), store.store_id):
         raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
     net.load_state_dict(ckpt["model"])
@@ -486,13 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.method:
-        overrides.append(f"train.method={args.method}")
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    cfg, bin_cfg, paths = resolve_training(args.dataset, args.params, overrides)
-    ingest_cfg = load_section("ingest", IngestConfig, args.params, args.overrides)
+    overrides = args.overrides + flag_overrides("train", method=args.method, epochs=args.epochs)
+    cfg = load_section("train", TrainConfig, args.params, overrides, dataset=args.dataset)
+    bin_cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset)
+    paths = load_section("paths", PathsConfig, args.params, overrides)
+    ingest_cfg = load_section("ingest", IngestConfig, args.params, overrides)
     store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:

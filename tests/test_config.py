@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import BinConfig, ConfigError, TrainConfig, for_dataset, load_section
+from pipeline.config import ConfigError, load_section
+from pipeline.frames import BinConfig
+from pipeline.runs import TrainConfig
 
 PARAMS = {
     "bin": {"out_size": None, "dtype": "int16"},
@@ -15,18 +17,18 @@ PARAMS = {
 
 
 def test_recipe_applies_over_the_section_and_merges_nested_keys():
-    cfg = for_dataset("train", TrainConfig, "gest", PARAMS)
+    cfg = load_section("train", TrainConfig, PARAMS, dataset="gest")
     assert (cfg.lr, cfg.epochs, cfg.augment.flip_p, cfg.augment.max_shift_px) == (0.001, 200, 0.0, 5)
-    assert for_dataset("bin", BinConfig, "gest", PARAMS).out_size == (64, 64)
-    assert for_dataset("train", TrainConfig, "other", PARAMS).lr == 0.1  # no recipe: the section as it is
+    assert load_section("bin", BinConfig, PARAMS, dataset="gest").out_size == (64, 64)
+    assert load_section("train", TrainConfig, PARAMS, dataset="other").lr == 0.1  # no recipe: the section as it is
 
 
 def test_command_line_wins_over_the_recipe():
     over = ["train.lr=0.5", "bin.dtype=float32", "train.augment.flip_p=0.5"]
-    cfg = for_dataset("train", TrainConfig, "gest", PARAMS, over)
+    cfg = load_section("train", TrainConfig, PARAMS, over, dataset="gest")
     assert (cfg.lr, cfg.epochs, cfg.augment.flip_p, cfg.augment.max_shift_px) == (0.5, 200, 0.5, 5)
-    assert for_dataset("bin", BinConfig, "gest", PARAMS, over).dtype == "float32"
-    assert for_dataset("train", TrainConfig, "gest", PARAMS, ["recipes.gest={}"]).lr == 0.1
+    assert load_section("bin", BinConfig, PARAMS, over, dataset="gest").dtype == "float32"
+    assert load_section("train", TrainConfig, PARAMS, ["recipes.gest={}"], dataset="gest").lr == 0.1
 
 
 @pytest.mark.parametrize("over, match", [
@@ -40,11 +42,11 @@ def test_command_line_wins_over_the_recipe():
 ])
 def test_bad_overrides_are_errors(over, match):
     with pytest.raises(ConfigError, match=match):
-        for_dataset("train", TrainConfig, "gest", PARAMS, over)
+        load_section("train", TrainConfig, PARAMS, over, dataset="gest")
 
 
 def test_repository_params_load():
     for name in ("digits_dvs", "dvs_gesture", "cifar10_dvs"):
-        for_dataset("train", TrainConfig, name)
-        for_dataset("bin", BinConfig, name)
+        load_section("train", TrainConfig, dataset=name)
+        load_section("bin", BinConfig, dataset=name)
     assert load_section("train", TrainConfig).method in ("baseline", "tsd", "ssd", "tssd")

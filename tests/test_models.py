@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models import ARCHITECTURES, LIF, NeuronConfig, build_model, configure_cpu, count_parameters
+from models import ARCHITECTURES, LIF, NeuronConfig, build_model, count_parameters
 from models.losses import kd_loss, task_loss, tssd_loss
 from models.nets import Output
 from models.neurons import SURROGATES, lif_step, rect_surrogate, reset_subtract_fused
@@ -171,13 +171,6 @@ def test_config_errors_list_options() -> None:
         NeuronConfig.from_dict({"tau": 2.0})
     with pytest.raises(ValueError):
         NeuronConfig(tau_steps=0.5)
-
-
-def test_configure_cpu() -> None:
-    settings = configure_cpu()
-    assert isinstance(settings.flush_denormal, bool) and isinstance(settings.malloc_keeps_large_blocks, bool)
-    if settings.flush_denormal:
-        assert torch.tensor([1e-40]).mul(1.0).item() == 0.0  # denormal flushed
 
 
 # ----------------------------------------------------------------------------- nets

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import ConfigError, TrainConfig, load_params, load_section
+from pipeline.config import ConfigError, load_params, load_section
+from pipeline.runs import TrainConfig
 from pipeline.datasets import get_spec
 from pipeline.datasets.base import read_listing
 from pipeline.datasets.dvs_gesture import read_label_csv
@@ -183,7 +184,7 @@ def learnable_store(tmp_path_factory) -> Path:
     ("train.device=gpu", "choose auto, cpu, cuda or cuda:N"),
     ("train.arch=resnet", "unknown architecture 'resnet'"),
     ("train.weak_stages=[nope]", "weak_stages ('nope',) must be distinct names"),
-    ("train.neuron={tau: 2}", "train (arch / weak_stages / neuron"),
+    ("train.neuron={tau: 2}", "unknown key(s) in train.neuron: ['tau']"),
 ] + ([] if __import__("torch").cuda.is_available() else [("train.device=cuda", "no CUDA device is available")]))
 def test_training_config_is_refused_before_any_cache_is_built(learnable_store, tmp_path, capsys, override, match):
     import pipeline.train as train_mod
@@ -1000,7 +1001,8 @@ def test_a_full_disk_while_writing_metrics_or_eval_is_one_line(learnable_store, 
 def test_dataclass_defaults_are_params_yaml():
     """Code that builds a config without params.yaml (a library user, a test) gets the values `make repro` runs:
     the dataclass defaults and the repository's params.yaml agree, section by section."""
-    from pipeline.config import BinConfig, EvaluateConfig, IngestConfig, PathsConfig
+    from pipeline.config import EvaluateConfig, IngestConfig, PathsConfig
+    from pipeline.frames import BinConfig
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     for section, cls in (("paths", PathsConfig), ("ingest", IngestConfig), ("bin", BinConfig),
