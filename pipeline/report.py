@@ -271,7 +271,7 @@ def _study_table(arms: dict) -> list[str]:
         cells = [arm, runs[0].method, str(len(runs)), "/".join(map(str, T_s)), "/".join(map(str, T_t)) or "–"]
         cells += [format_mean_std([r.val_acc for r in runs])] if has_val else []
         cells += [format_mean_std([r.acc_Ts for r in runs]), format_mean_std([r.acc_Tt for r in runs]),
-                  format_mean_std([r.teacher_gap for r in runs])]
+                  format_mean_std([r.teacher_gap for r in runs], signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", "mean ± sample standard deviation over seeds.", ""]
 

@@ -136,10 +136,12 @@ def mean_std(values) -> tuple[float, float]:
     return float(x.mean()), (float(x.std(ddof=1)) if x.size > 1 else 0.0)
 
 
-def format_mean_std(values, scale: float = 100.0, digits: int = 2) -> str:
-    """``"94.96 ± 0.28"`` (values x ``scale``), ``"94.96"`` for one value, ``"–"`` for none."""
+def format_mean_std(values, scale: float = 100.0, digits: int = 2, signed: bool = False) -> str:
+    """``"94.96 ± 0.28"`` (values x ``scale``; ``"+1.40 ± 0.50"`` when ``signed``), ``"94.96"`` for one value,
+    ``"–"`` for none (None values are left out)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "–"
     m, s = mean_std([scale * v for v in vals])
-    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+    mean = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
+    return mean if len(vals) == 1 else f"{mean} ± {s:.{digits}f}"

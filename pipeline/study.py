@@ -154,17 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     paths = load_section("paths", PathsConfig, args.params, args.overrides)
     datasets = args.datasets or list((yaml.safe_load(args.params.read_text()) or {}).get("datasets") or [])
-    if args.no_ablations:
-        ablations = {}
-    elif args.ablation:
-        ablations = {a[0]: tuple(a[1:]) for a in args.ablation}
-    else:
-        ablations = dict(ABLATIONS)
-    for label, sets in ablations.items():
-        if label.split("-", 1)[0] not in METHODS or "-" not in label or not all("=" in s for s in sets):
+    given = {a[0]: tuple(a[1:]) for a in args.ablation or []}
+    for label, sets in given.items():
+        if label.split("-", 1)[0] not in METHODS or "-" not in label or not sets or not all("=" in s for s in sets):
             print(f"error: ablation {label} {' '.join(sets)}: the label must be <method>-<name> with a method of "
                   f"{', '.join(METHODS)}, followed by KEY=VALUE overrides", file=sys.stderr)
             return 2
+    ablations = {} if args.no_ablations else given or dict(ABLATIONS)
     if not datasets:
         print(f"error: no datasets: give --datasets or set datasets: in {args.params}", file=sys.stderr)
         return 2
