@@ -104,21 +104,23 @@ def _state(job: Job, phash: str) -> tuple[str, dict | None]:
     return ("done" if record.get("spec") == job.spec(phash) else "other"), record
 
 
-def _estimate(todo: list[Job], finished: list[tuple[Job, dict]]) -> float | None:
-    """Seconds for the jobs in ``todo``: each at the mean run time of the finished runs most like it."""
+def _estimate(todo: list[Job], finished: list[tuple[Job, dict]]) -> tuple[float | None, int]:
+    """(seconds for the jobs in ``todo``, each at the mean run time of the finished runs most like it: same dataset
+    and method, else same dataset, else any; how many of them fell back to another dataset's runs)."""
     times: dict[tuple, list[float]] = {}
     for job, rec in finished:
         for key in ((job.dataset, job.method), (job.dataset,), ()):
             times.setdefault(key, []).append(float(rec["run_time_s"]))
-    total = 0.0
+    total, guessed = 0.0, 0
     for job in todo:
         for key in ((job.dataset, job.method), (job.dataset,), ()):
             if key in times:
                 total += sum(times[key]) / len(times[key])
+                guessed += key == ()
                 break
         else:
-            return None
-    return total
+            return None, guessed
+    return total, guessed
 
 
 def _run(job: Job, params: Path, phash: str) -> int:
@@ -170,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     finished = [(j, rec) for j, st, rec in states if rec is not None]
     other = [j for j, st, _ in states if st == "other"]
     todo = [j for j, st, _ in states if st != "done" and (st == "todo" or args.redo)]
-    est = _estimate(todo, finished)
-    print(f"study: {len(jobs)} runs ({len(datasets)} datasets x {len(args.methods)} methods + {len(ablations)} "
-          f"ablations x {len(args.seeds)} seeds); {len(jobs) - len(todo) - (0 if args.redo else len(other))} done, "
+    est, guessed = _estimate(todo, finished)
+    print(f"study: {len(jobs)} runs ({len(datasets)} datasets x ({len(args.methods)} methods + {len(ablations)} "
+          f"ablations) x {len(args.seeds)} seeds); {len(jobs) - len(todo) - (0 if args.redo else len(other))} done, "
           f"{len(todo)} to run; estimated "
-          + ("time unknown (no finished run yet)" if est is None else f"{est / 3600:.2f} h at the measured run times"))
+          + ("time unknown (no finished run yet)" if est is None else f"{est / 3600:.2f} h at the measured run times"
+             + (f" ({guessed} runs timed by another dataset's runs)" if guessed else "")))
     if other and not args.redo:
         print("error: finished with another spec (params.yaml or --set changed since): "
               + ", ".join(str(j.out) for j in other[:5]) + (" ..." if len(other) > 5 else "")
