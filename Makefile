@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-all repro check-raw bench study clean-venv
+.PHONY: setup test test-all repro check-raw bench study study-plan clean-venv
 
 # stages call `python`: put the venv first so they run with the project's interpreter
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -39,11 +39,18 @@ repro: setup check-raw
 check-raw: setup
 	$(PY) -m pipeline.download --check-params params.yaml
 
-# baseline / tsd / ssd / tssd x 3 seeds on digits_dvs (mean ± std in the report); long on a CPU
+# the datasets of params.yaml datasets: x baseline / multi_T / tsd / ssd / tssd x 10 seeds + the switch ablations
+# (pipeline.study), then the report with its paired statistics. Resumable: finished runs are skipped. Hours on a CPU:
+# `make study-plan` prints the runs left and their estimated time; STUDY_ARGS passes any other option,
+# e.g. STUDY_ARGS="--datasets digits_dvs --seeds 0 1 --no-ablations".
+STUDY_ARGS ?=
 study: setup
-	dvc repro bin@digits_dvs
-	$(PY) -m pipeline.study digits_dvs --methods baseline tsd ssd tssd --seeds 0 1 2
+	dvc repro --glob 'bin@*'
+	$(PY) -m pipeline.study $(STUDY_ARGS)
 	$(PY) -m pipeline.report
+
+study-plan: setup
+	$(PY) -m pipeline.study --plan $(STUDY_ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -4,7 +4,9 @@
 
 The test split of the run's event store is rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
 binning parameters; no caches are written). T defaults to params.yaml ``evaluate.T`` plus the run's T_s and T_t.
-Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T) and ``<run>/accuracy_vs_T.png``.
+Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T), ``<run>/predictions.csv`` (the predicted class of
+every test sample at every T, for the report's paired tests; format in `pipeline.predictions`) and
+``<run>/accuracy_vs_T.png``.
 
 Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
 (multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
@@ -20,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -28,6 +31,7 @@ from pipeline.config import EvaluateConfig, flag_overrides, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import BinConfig, Binning
 from pipeline.guards import check_writable, exits_on_error, writing
+from pipeline.predictions import FILENAME as PREDICTIONS, Predictions, format_predictions
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 from pipeline.runs import CheckpointError, load_run, saved_train_config
 
@@ -61,33 +65,39 @@ class _OpCounter:
 
 
 @torch.no_grad()
-def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
-    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) at each T."""
+def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64,
+                 device: str = "cpu") -> tuple[list[dict], Predictions]:
+    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) at each T, and the
+    predicted class of every test sample at each T (in the split's order: the loader does not shuffle)."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     store = open_event_store(ckpt["store_path"])
     if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set
         raise StoreError(f"{ckpt['store_path']}: event store {store.store_id[:12]}… is not the one this run was "
                          f"trained on ({ckpt['store_id'][:12]}…); re-train, or restore that store")
     test = store["test"]
-    rows = []
+    rows, preds = [], []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
         counter = _OpCounter(net)
-        correct, n, rates = 0, 0, {}
+        correct, n, rates, pred = 0, 0, {}, []
         for views, y in loader:
             out = net(views["x"].to(device).transpose(0, 1).contiguous(), record_rates=True)
-            correct += int((out.logits.mean(0).argmax(1).cpu() == y).sum())
+            pred.append(out.logits.mean(0).argmax(1).cpu())
+            correct += int((pred[-1] == y).sum())
             for k, v in out.rates.items():
                 rates[k] = rates.get(k, 0.0) + v * len(y)
             n += len(y)
         counter.close()
+        preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
         rows.append({"T": T, "test_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
                      "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
                      "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
                      "rates": {k: v / max(n, 1) for k, v in rates.items()}})
         print(f"T={T:>3}: test acc {rows[-1]['test_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
               f"mean firing rate {rows[-1]['mean_rate']:.4f}")
-    return rows
+    predictions = Predictions(tuple(Ts), np.arange(len(test), dtype=np.int64), np.asarray(test.recording, np.int64),
+                              np.asarray(test.labels, np.int64), np.stack(preds).astype(np.int64))
+    return rows, predictions
 
 
 def _plot(rows: list[dict], title: str, out: Path) -> None:
@@ -129,15 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     net, ckpt = load_run(args.run_dir, device)  # a CheckpointError: the run is refused before work (exit 2)
     run_cfg = saved_train_config(ckpt["config"]["train"])
     Ts = args.T or sorted(set(cfg.T) | {run_cfg.T_s, run_cfg.teacher_T})
-    check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
-    rows = evaluate_run(net, ckpt, Ts, cfg.batch_size, device)
-    _write_outputs(rows, args.run_dir)
-    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
+    check_writable(args.run_dir, "evaluation (eval.json, eval.csv, predictions.csv, accuracy_vs_T.png)")
+    rows, predictions = evaluate_run(net, ckpt, Ts, cfg.batch_size, device)
+    _write_outputs(rows, predictions, args.run_dir)
+    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, {PREDICTIONS}, accuracy_vs_T.png")
     return 0
 
 
-def _write_outputs(rows: list[dict], run_dir: Path) -> None:
-    """eval.json, eval.csv and the plot, each atomically; a full disk is a DiskFullError naming the file."""
+def _write_outputs(rows: list[dict], predictions: Predictions, run_dir: Path) -> None:
+    """predictions.csv, eval.json, eval.csv and the plot, each atomically; a full disk is a DiskFullError naming the
+    file. The predictions go first: a run whose eval.json exists has its predictions too."""
+    text = format_predictions(predictions)
+    with writing("per-sample predictions", run_dir / PREDICTIONS, len(text)):
+        write_atomic(run_dir / PREDICTIONS, text)
     text = json.dumps(rows, indent=2) + "\n"
     with writing("evaluation", run_dir / "eval.json", len(text)):
         write_atomic(run_dir / "eval.json", text)

@@ -1,50 +1,194 @@
-"""Stage (outside `dvc repro`): every method x several seeds on one dataset, for mean ± std in the report.
+"""Stage (outside `dvc repro`): datasets x methods x seeds, plus switch ablations, for the report's paired statistics.
 
-    python -m pipeline.study [digits_dvs] [--methods baseline tsd ssd tssd] [--seeds 0 1 2] [--set train.k=v ...]
+    python -m pipeline.study [--datasets digits_dvs orbit_digits] [--methods baseline multi_T tsd ssd tssd]
+                             [--seeds 0 1 ... 9] [--ablation LABEL KEY=VALUE [KEY=VALUE ...]] [--no-ablations]
+                             [--plan] [--redo] [--set train.k=v ...]
 
-Each run trains and evaluates into ``<runs_root>/<dataset>/study/<method>-seed<k>/``; `pipeline.report`
-then adds a mean ± std table. Runs already finished (metrics.json present) are skipped, so an interrupted
-study continues where it stopped. `make study` runs it on digits_dvs and refreshes the report.
+Each run trains and evaluates (the stages as DVC runs them, one process each) into
+``<runs_root>/<dataset>/study/<arm>-seed<k>/``, where the arm is a method (``tssd``) or an ablation: a method
+with one switch changed, ``--set`` on top of params.yaml (``tssd-bn_shared`` = tssd with
+``train.bn_stats=shared``; the method is the label's part before the first ``-``). `pipeline.report` pairs the
+runs by seed. Defaults: the datasets of params.yaml ``datasets:``, the five methods, seeds 0-9 and the ablations
+in `ABLATIONS` (each with the same seeds).
+
+Resumable: a finished run writes ``study.json`` last -- its spec (dataset, method, seed, every ``--set``, and a hash
+of the params.yaml sections that shape it) and its run time. A run whose ``study.json`` matches the current spec
+and whose outputs exist is skipped; an unfinished one is trained again from scratch; a finished one with another
+spec is refused unless ``--redo`` (a changed params.yaml would otherwise mix two settings in one table). Code
+changes are not in the spec: re-run with ``--redo`` after editing the training code.
+
+``--plan`` prints the runs left and an estimate of their time: the mean run time (train + evaluate, from
+``study.json``) of the finished runs of the same dataset and method, else of the dataset, else of all.
+Run times go to ``study.json`` only (not hashed by DVC; the report does not read them).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from pipeline.config import PathsConfig, load_section
 from pipeline.guards import exits_on_error
+from pipeline.predictions import FILENAME as PREDICTIONS
+from pipeline.store import write_atomic
 
-__all__ = ["main"]
+__all__ = ["ABLATIONS", "METHODS", "Job", "plan", "main"]
+
+METHODS = ("baseline", "multi_T", "tsd", "ssd", "tssd")
+
+#: label -> the ``--set`` overrides of the ablation (the method is the label's part before the first "-"):
+#: each changes one of tssd's switches away from its default (README, "the method's switches").
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "tssd-bn_shared": ("train.bn_stats=shared",),
+    "tssd-bn_per_T": ("train.bn_stats=per_T",),
+    "tssd-gap_linear": ("train.weak_head=gap_linear",),
+    "tssd-teacher_repeat": ("train.teacher_input=repeat",),
+}
+
+DONE = "study.json"
+OUTPUTS = ("metrics.json", "eval.json", PREDICTIONS)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One study run: where it goes and what defines it."""
+
+    dataset: str
+    arm: str
+    method: str
+    seed: int
+    overrides: tuple[str, ...]  # the study's --set, then the ablation's, then train.seed
+    out: Path
+
+    def spec(self, params_hash: str) -> dict:
+        return {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
+                "set": list(self.overrides), "params": params_hash}
+
+
+def params_hash(params_path: Path, dataset: str) -> str:
+    """sha256 of the params.yaml sections that shape a run on ``dataset`` (canonical JSON)."""
+    params = yaml.safe_load(params_path.read_text()) or {}
+    keys = (dataset, "ingest", "bin", "train", "evaluate")
+    shaping = {k: params.get(k) for k in keys} | {"recipe": (params.get("recipes") or {}).get(dataset)}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: dict[str, tuple[str, ...]],
+         runs_root: Path, overrides: list[str]) -> list[Job]:
+    """Every job of the study, in run order: per seed, the methods then the ablations, per dataset."""
+    jobs = []
+    for ds in datasets:
+        for seed in seeds:
+            arms = [(m, m, ()) for m in methods] + [(label, label.split("-", 1)[0], tuple(sets))
+                                                     for label, sets in ablations.items()]
+            for arm, method, sets in arms:
+                jobs.append(Job(ds, arm, method, seed, (*overrides, *sets, f"train.seed={seed}"),
+                                runs_root / ds / "study" / f"{arm}-seed{seed}"))
+    return jobs
+
+
+def _state(job: Job, phash: str) -> tuple[str, dict | None]:
+    """("done" | "todo" | "other", study.json): finished with this spec, not finished, finished with another."""
+    done = job.out / DONE
+    if not done.exists() or not all((job.out / f).exists() for f in OUTPUTS):
+        return "todo", None
+    record = json.loads(done.read_text())
+    return ("done" if record.get("spec") == job.spec(phash) else "other"), record
+
+
+def _estimate(todo: list[Job], finished: list[tuple[Job, dict]]) -> tuple[float | None, int]:
+    """(seconds for the jobs in ``todo``, each at the mean run time of the finished runs most like it: same dataset
+    and method, else same dataset, else any; how many of them fell back to another dataset's runs)."""
+    times: dict[tuple, list[float]] = {}
+    for job, rec in finished:
+        for key in ((job.dataset, job.method), (job.dataset,), ()):
+            times.setdefault(key, []).append(float(rec["run_time_s"]))
+    total, guessed = 0.0, 0
+    for job in todo:
+        for key in ((job.dataset, job.method), (job.dataset,), ()):
+            if key in times:
+                total += sum(times[key]) / len(times[key])
+                guessed += key == ()
+                break
+        else:
+            return None, guessed
+    return total, guessed
+
+
+def _run(job: Job, params: Path, phash: str) -> int:
+    common = ["--params", str(params), "--no-progress"] + [a for o in job.overrides for a in ("--set", o)]
+    (job.out / DONE).unlink(missing_ok=True)  # from here on the folder is not a finished run
+    t0 = time.monotonic()
+    for stage, stage_args in (("train", [job.dataset, "--method", job.method, "--out", str(job.out)]),
+                              ("evaluate", [str(job.out)])):
+        code = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *stage_args, *common]).returncode
+        if code:
+            print(f"error: {stage} failed (exit {code}) for {job.out}; the study stops here, a re-run resumes",
+                  file=sys.stderr)
+            return code
+    record = {"spec": job.spec(phash), "run_time_s": round(time.monotonic() - t0, 1)}
+    write_atomic(job.out / DONE, json.dumps(record, indent=2) + "\n")  # last: marks the run finished
+    return 0
 
 
 @exits_on_error
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.study", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset", nargs="?", default="digits_dvs")
-    ap.add_argument("--methods", nargs="+", default=["baseline", "tsd", "ssd", "tssd"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--datasets", nargs="+", help="default: params.yaml datasets:")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    ap.add_argument("--ablation", nargs="+", action="append", metavar=("LABEL", "KEY=VALUE"),
+                    help="an ablation run (replaces the default list; repeat for more): label <method>-<name>, "
+                         "then its --set overrides")
+    ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument("--plan", action="store_true", help="print the runs left and their estimated time; run nothing")
+    ap.add_argument("--redo", action="store_true", help="re-run finished runs whose spec differs")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     paths = load_section("paths", PathsConfig, args.params, args.overrides)
-    root = Path(paths.runs_root) / args.dataset / "study"
-    common = ["--params", str(args.params), "--no-progress"] + [a for o in args.overrides for a in ("--set", o)]
-    for seed in args.seeds:
-        for method in args.methods:
-            out = root / f"{method}-seed{seed}"
-            if (out / "metrics.json").exists() and (out / "eval.json").exists():
-                print(f"{out}: done, skipped")
-                continue
-            print(f"== {args.dataset} {method} seed {seed} -> {out}", flush=True)
-            for stage, stage_args in (("train", [args.dataset, "--method", method, "--out", str(out),
-                                                  "--set", f"train.seed={seed}"]),
-                                      ("evaluate", [str(out)])):  # the stages as DVC runs them, one process each
-                code = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *stage_args, *common]).returncode
-                if code:
-                    return code
+    datasets = args.datasets or list((yaml.safe_load(args.params.read_text()) or {}).get("datasets") or [])
+    given = {a[0]: tuple(a[1:]) for a in args.ablation or []}
+    for label, sets in given.items():
+        if label.split("-", 1)[0] not in METHODS or "-" not in label or not sets or not all("=" in s for s in sets):
+            print(f"error: ablation {label} {' '.join(sets)}: the label must be <method>-<name> with a method of "
+                  f"{', '.join(METHODS)}, followed by KEY=VALUE overrides", file=sys.stderr)
+            return 2
+    ablations = {} if args.no_ablations else given or dict(ABLATIONS)
+    if not datasets:
+        print(f"error: no datasets: give --datasets or set datasets: in {args.params}", file=sys.stderr)
+        return 2
+    jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides)
+    hashes = {ds: params_hash(args.params, ds) for ds in datasets}
+    states = [(job, *_state(job, hashes[job.dataset])) for job in jobs]
+    finished = [(j, rec) for j, st, rec in states if rec is not None]
+    other = [j for j, st, _ in states if st == "other"]
+    todo = [j for j, st, _ in states if st != "done" and (st == "todo" or args.redo)]
+    est, guessed = _estimate(todo, finished)
+    print(f"study: {len(jobs)} runs ({len(datasets)} datasets x ({len(args.methods)} methods + {len(ablations)} "
+          f"ablations) x {len(args.seeds)} seeds); {len(jobs) - len(todo) - (0 if args.redo else len(other))} done, "
+          f"{len(todo)} to run; estimated "
+          + ("time unknown (no finished run yet)" if est is None else f"{est / 3600:.2f} h at the measured run times"
+             + (f" ({guessed} runs timed by another dataset's runs)" if guessed else "")))
+    if other and not args.redo:
+        print("error: finished with another spec (params.yaml or --set changed since): "
+              + ", ".join(str(j.out) for j in other[:5]) + (" ..." if len(other) > 5 else "")
+              + "; re-run with --redo, or use another paths.runs_root", file=sys.stderr)
+        return 2
+    if args.plan:
+        return 0
+    for i, job in enumerate(todo, 1):
+        print(f"== [{i}/{len(todo)}] {job.dataset} {job.arm} seed {job.seed} -> {job.out}", flush=True)
+        if code := _run(job, args.params, hashes[job.dataset]):
+            return code
     return 0
 
 
