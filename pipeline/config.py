@@ -139,6 +139,7 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the network in place (bench/bench_train_step.py measures it)
 
     def __post_init__(self) -> None:
         _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
