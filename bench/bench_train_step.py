@@ -257,10 +257,11 @@ def _frames(T: int, B: int, hw: int) -> torch.Tensor:
 def bench_compile(arch: str, B: int, repeats: int, clock: Callable[[], float]) -> dict[str, float]:
     """Eager vs compiled (in place, as train.compile does) baseline step at the recipe's T_s; weights shared at start."""
     hw, T, _, C = RECIPES[arch]
+    torch._dynamo.reset()  # each net compiled from scratch, as in its own training process
     torch.manual_seed(0)
     eager = build_model(arch, in_channels=2, n_classes=C, input_hw=(hw, hw), weak_stages=(), t_ref=T)
     compiled = copy.deepcopy(eager)
-    compiled.compile()
+    compiled.compile(dynamic=False)
     x, y = _frames(T, B, hw), torch.randint(0, C, (B,))
     steps = {"eager": sgd_step(eager, lambda: task_loss(eager(x).logits, y)),
              "compiled": sgd_step(compiled, lambda: task_loss(compiled(x).logits, y))}

@@ -116,9 +116,10 @@ def cmd_steps(args) -> int:
                 _emit(args.out, {**row, "status": f"skipped (past the {args.budget_s:.0f} s budget)"})
                 continue
             try:
+                torch._dynamo.reset()
                 net = _model(arch, device)
                 if compiled:
-                    net.compile()
+                    net.compile(dynamic=False)  # as train.compile does
                 opt = (torch.optim.AdamW(net.parameters(), lr=1e-3) if optim == "adamw"
                        else torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
                 step = _step_fn(_Pair(net), net, opt, _batch(arch, B, device), device)

@@ -275,8 +275,8 @@ def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[
     net = net.to(device)
     if device.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if cfg.compile:  # in place: parameters, state_dict keys, the optimizer and checkpoints stay those of `net`
-        net.compile()
+    if cfg.compile:  # in place: state_dict keys, optimizer, checkpoints unchanged. Static shapes, one graph per (T, B):
+        net.compile(dynamic=False)  # inductor's dynamic-shape path fails on these nets (torch 2.13, CPU)
     return net, model_args
 
 

@@ -16,7 +16,7 @@ def test_compiled_training_step_matches_eager() -> None:
     torch.manual_seed(0)
     eager = build_model("small", in_channels=2, n_classes=4, input_hw=(16, 16), t_ref=2)
     compiled = copy.deepcopy(eager)
-    compiled.compile()
+    compiled.compile(dynamic=False)  # as pipeline.train does
     x_s = torch.poisson(torch.full((2, 8, 2, 16, 16), 0.6))
     x_t = torch.poisson(torch.full((4, 8, 2, 16, 16), 0.3))
     y = torch.randint(0, 4, (8,))
