@@ -67,6 +67,7 @@ class TrainConfig(Timesteps):
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the network in place (bench/bench_train_step.py measures it)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -274,6 +274,8 @@ def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[
     net = net.to(device)
     if device.type == "cuda" and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if cfg.compile:  # in place: state_dict keys, optimizer, checkpoints unchanged. Static shapes, one graph per (T, B):
+        net.compile(dynamic=False)  # inductor's dynamic-shape path fails on these nets (torch 2.13, CPU)
     return net, model_args
 
 
@@ -457,7 +459,7 @@ def _write_outputs(out_dir: Path, cfg: TrainConfig, store, state: _Progress, dep
 def _comparable(cfg: TrainConfig) -> dict:
     """The config fields that shape the weights (a resume must match them; epochs may grow)."""
     d = dataclasses.asdict(cfg)
-    for k in ("epochs", "num_workers", "device", "in_memory"):
+    for k in ("epochs", "num_workers", "device", "in_memory", "compile"):
         d.pop(k)
     return d
 
