@@ -76,6 +76,10 @@ class IngestConfig:
     out_of_sensor: str = "error"  # error | drop (counted) for events outside the sensor
     splits: dict[str, str] = dataclasses.field(  # dataset -> split scheme
         default_factory=lambda: {"dvs_gesture": "official", "digits_dvs": "official", "cifar10_dvs": "tet"})
+    # dataset -> validation size carved from the training side (pipeline.datasets.base.val_size: 0 none, a
+    # fraction in (0, 1), or N whole groups; checked there); a dataset not named gets its spec's default_val
+    val: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"dvs_gesture": 0.15, "digits_dvs": 0.15, "cifar10_dvs": 0.1})
 
     def __post_init__(self) -> None:
         check_choice("ingest.format", self.format, FORMATS)

@@ -1,12 +1,15 @@
 """Stage: accuracy of a trained run at several inference T, firing rates, and a synaptic-operation estimate.
 
-    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64] [--device auto|cpu|cuda]
+    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64] [--device auto|cpu|cuda] [--split val]
 
-The test split of the run's event store is rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
+The run's selected model (`pipeline.runs.load_run`: the epoch ``train.select`` chose on validation) is scored on
+the test split of the run's event store, rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
 binning parameters; no caches are written). T defaults to params.yaml ``evaluate.T`` plus the run's T_s and T_t.
 Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T), ``<run>/predictions.csv`` (the predicted class of
 every test sample at every T, for the report's paired tests; format in `pipeline.predictions`) and
-``<run>/accuracy_vs_T.png``.
+``<run>/accuracy_vs_T.png``. ``--split val`` scores the validation split instead (for calibration and tuning,
+which must never read test): ``val_acc`` columns in ``<run>/eval_val.json``, ``eval_val.csv``,
+``predictions_val.csv`` and ``accuracy_vs_T_val.png``.
 
 Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
 (multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
@@ -65,16 +68,19 @@ class _OpCounter:
 
 
 @torch.no_grad()
-def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64,
-                 device: str = "cpu") -> tuple[list[dict], Predictions]:
-    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) at each T, and the
-    predicted class of every test sample at each T (in the split's order: the loader does not shuffle)."""
+def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu",
+                 split: str = "test") -> tuple[list[dict], Predictions]:
+    """Accuracy (``<split>_acc``), firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) on
+    ``split`` (test, or val) at each T, and the predicted class of every sample of the split at each T (in the
+    split's order: the loader does not shuffle)."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     store = open_event_store(ckpt["store_path"])
     if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set
         raise StoreError(f"{ckpt['store_path']}: event store {store.store_id[:12]}… is not the one this run was "
                          f"trained on ({ckpt['store_id'][:12]}…); re-train, or restore that store")
-    test = store["test"]
+    if split not in store.splits:
+        raise StoreError(f"{ckpt['store_path']} has no {split} split (ingested with ingest.val = 0)")
+    test = store[split]
     rows, preds = [], []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
@@ -89,28 +95,28 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
             n += len(y)
         counter.close()
         preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
-        rows.append({"T": T, "test_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
+        rows.append({"T": T, f"{split}_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
                      "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
                      "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
                      "rates": {k: v / max(n, 1) for k, v in rates.items()}})
-        print(f"T={T:>3}: test acc {rows[-1]['test_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
+        print(f"T={T:>3}: {split} acc {rows[-1][f'{split}_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
               f"mean firing rate {rows[-1]['mean_rate']:.4f}")
     predictions = Predictions(tuple(Ts), np.arange(len(test), dtype=np.int64), np.asarray(test.recording, np.int64),
                               np.asarray(test.labels, np.int64), np.stack(preds).astype(np.int64))
     return rows, predictions
 
 
-def _plot(rows: list[dict], title: str, out: Path) -> None:
+def _plot(rows: list[dict], title: str, out: Path, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([r["T"] for r in rows], [100 * r["test_acc"] for r in rows], "o-")
+    ax.plot([r["T"] for r in rows], [100 * r[f"{split}_acc"] for r in rows], "o-")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("inference timesteps T")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--T", type=int, nargs="+", help="inference timesteps (default: evaluate.T + the run's T_s, T_t)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="val: score the validation split (eval_val.*), for tuning that must not read test")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other stages")
@@ -139,30 +147,39 @@ def main(argv: list[str] | None = None) -> int:
     net, ckpt = load_run(args.run_dir, device)  # a CheckpointError: the run is refused before work (exit 2)
     run_cfg = saved_train_config(ckpt["config"]["train"])
     Ts = args.T or sorted(set(cfg.T) | {run_cfg.T_s, run_cfg.teacher_T})
-    check_writable(args.run_dir, "evaluation (eval.json, eval.csv, predictions.csv, accuracy_vs_T.png)")
-    rows, predictions = evaluate_run(net, ckpt, Ts, cfg.batch_size, device)
-    _write_outputs(rows, predictions, args.run_dir)
-    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, {PREDICTIONS}, accuracy_vs_T.png")
+    sfx = "" if args.split == "test" else f"_{args.split}"
+    names = f"eval{sfx}.json, eval{sfx}.csv, {_suffixed(PREDICTIONS, sfx)}, accuracy_vs_T{sfx}.png"
+    check_writable(args.run_dir, f"evaluation ({names})")  # before minutes of work
+    rows, predictions = evaluate_run(net, ckpt, Ts, cfg.batch_size, device, args.split)
+    _write_outputs(rows, predictions, args.run_dir, args.split)
+    print(f"wrote {names} in {args.run_dir}")
     return 0
 
 
-def _write_outputs(rows: list[dict], predictions: Predictions, run_dir: Path) -> None:
-    """predictions.csv, eval.json, eval.csv and the plot, each atomically; a full disk is a DiskFullError naming the
-    file. The predictions go first: a run whose eval.json exists has its predictions too."""
+def _suffixed(name: str, sfx: str) -> str:
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}{sfx}{dot}{ext}"
+
+
+def _write_outputs(rows: list[dict], predictions: Predictions, run_dir: Path, split: str = "test") -> None:
+    """predictions.csv, eval.json, eval.csv and the plot (``*_val`` names for the val split), each atomically; a
+    full disk is a DiskFullError naming the file. The predictions go first: a run whose eval.json exists has its
+    predictions too."""
+    sfx = "" if split == "test" else f"_{split}"
     text = format_predictions(predictions)
-    with writing("per-sample predictions", run_dir / PREDICTIONS, len(text)):
-        write_atomic(run_dir / PREDICTIONS, text)
+    with writing("per-sample predictions", run_dir / _suffixed(PREDICTIONS, sfx), len(text)):
+        write_atomic(run_dir / _suffixed(PREDICTIONS, sfx), text)
     text = json.dumps(rows, indent=2) + "\n"
-    with writing("evaluation", run_dir / "eval.json", len(text)):
-        write_atomic(run_dir / "eval.json", text)
+    with writing("evaluation", run_dir / f"eval{sfx}.json", len(text)):
+        write_atomic(run_dir / f"eval{sfx}.json", text)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
+    w = csv.DictWriter(buf, ["T", f"{split}_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
     w.writeheader()
     w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
-    with writing("evaluation table", run_dir / "eval.csv", len(buf.getvalue())):
-        write_atomic(run_dir / "eval.csv", buf.getvalue())
-    with writing("accuracy plot", run_dir / "accuracy_vs_T.png"):
-        _plot(rows, f"{run_dir.parent.name} / {run_dir.name}", run_dir / "accuracy_vs_T.png")
+    with writing("evaluation table", run_dir / f"eval{sfx}.csv", len(buf.getvalue())):
+        write_atomic(run_dir / f"eval{sfx}.csv", buf.getvalue())
+    with writing("accuracy plot", run_dir / f"accuracy_vs_T{sfx}.png"):
+        _plot(rows, f"{run_dir.parent.name} / {run_dir.name}{sfx}", run_dir / f"accuracy_vs_T{sfx}.png", split)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """A training run: its parameters (`TrainConfig`, the ``train:`` section) and its run directory's checkpoint --
 save it atomically, load it (refusing a truncated file), rebuild its network.
 
-    <runs_root>/<dataset>/<method>/checkpoint.pt    model, optimizer, scheduler, scaler state, config, model_args,
-                                                    epoch, history, store_id / store_path, frames_root
+    <runs_root>/<dataset>/<method>/checkpoint.pt    model (the last epoch's), optimizer, scheduler, scaler state,
+                                                    config, model_args, epoch, selected_epoch, selected_model (the
+                                                    selected epoch's weights; None: the last epoch's), history,
+                                                    store_id / store_path, frames_root
 
 The checkpoint keeps ``config`` as plain dicts (``dataclasses.asdict``); `saved_train_config` reads one back,
 filling in the defaults of keys added since it was written. Shared by `pipeline.train` (writes, resumes) and
@@ -68,10 +70,12 @@ class TrainConfig(Timesteps):
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the network in place (bench/bench_train_step.py measures it)
+    select: str = "last"  # the deployed epoch: last (fixed budget) | best_val (highest val accuracy at T_s)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("train.method", self.method, METHODS)
+        check_choice("train.select", self.select, SELECT)
         check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))  # `pipeline.train` builds them
         check_choice("train.schedule", self.schedule, ("cosine", "constant"))
         check_choice("train.task_loss", self.task_loss, TASK_LOSSES)
@@ -98,6 +102,10 @@ def saved_train_config(saved: dict) -> TrainConfig:
     return build(TrainConfig, saved, "checkpoint config.train")
 
 
+#: How a run picks the epoch it deploys (`pipeline.train`): never on test.
+SELECT = ("last", "best_val")
+
+
 class CheckpointError(Refusal, ValueError):
     """A run's checkpoint is missing, truncated or corrupt."""
 
@@ -122,8 +130,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
 
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
-    """The deployable network of a run (no weak heads) and its checkpoint."""
+    """The deployable network of a run (no weak heads) with the weights of its selected epoch (``train.select``,
+    chosen on validation), and its checkpoint."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", device)
     net = build_model(**ckpt["model_args"])  # the same call `pipeline.train` built the network with
-    net.load_state_dict(ckpt["model"])
+    selected = ckpt.get("selected_model")
+    net.load_state_dict(ckpt["model"] if selected is None else selected)
     return net.deploy().to(device), ckpt
