@@ -83,9 +83,9 @@ class OrbitDigitsConfig:
     """The ``orbit_digits:`` section of params.yaml (see the module docstring for the model and units)."""
 
     seed: int = 0
-    n_samples: int = 1000  # digits used (a subset balanced over the 20 classes)
-    users: int = 25  # recordings per user = len(conditions)
-    test_users: int = 5  # the last test_users users are the test split
+    n_samples: int = 1740  # digits used: 87 per class (digit 8 has 174 images: every class complete)
+    users: int = 29  # recordings per user = len(conditions); 30 digits per recording
+    test_users: int = 6  # the last test_users users are the test split (360 samples)
     conditions: dict[str, Condition] = dataclasses.field(default_factory=default_conditions)
     sensor: int = 32  # square sensor, pixels per side
     digit_px: int = 14  # digit size on the sensor, pixels
