@@ -2,15 +2,15 @@
 
     python -m pipeline.bin <dataset> [--T 8 16] [--out-size 64 64] [--by time|count]
                                      [--semantics exact|tonic|spikingjelly] [--dtype uint8|int16|float32]
-                                     [--format zarr|h5] [--store PATH] [--splits train test] [--set bin.key=value]
+                                     [--format zarr|h5] [--store PATH] [--splits train val test] [--set bin.key=value]
     python -m pipeline.bin <dataset> --for-training [--prune]
 
 Defaults come from ``params.yaml`` (``bin:``, then the dataset's ``recipes.<name>.bin``, then ``--set``). Each
 cache lands at `pipeline.frames.cache_path` (a name derived from every parameter); existing caches with the
 same key are reused, never rebuilt stale. Prints one line per cache.
 
-``--for-training`` builds exactly the caches `pipeline.train` will open for this dataset (train and test at T_s and
-T_t; `pipeline.evaluate` rebins the test split on the fly at other T); ``--prune`` then deletes every other cache
+``--for-training`` builds exactly the caches `pipeline.train` will open for this dataset (every split of the store --
+train, val, test -- at T_s and T_t; `pipeline.evaluate` rebins the test or val split on the fly at other T); ``--prune`` then deletes every other cache
 in the dataset's folder (what the DVC stage does, so its output holds no stale caches).
 
 Before any cache is built: the frames folder must be writable, and every split asked for must hold at least one
@@ -34,11 +34,13 @@ from pipeline.store import StoreError, open_event_store, remove_path
 __all__ = ["run", "main"]
 
 
-def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, ...] = ("train", "test"),
+def run(cfg: BinConfig, store_path: Path, frames_root: Path, splits: tuple[str, ...] | None = None,
         progress: bool = True) -> list[Path]:
-    """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths. Refuses an unwritable
-    ``frames_root`` (NotWritableError) and a split of empty samples only (StoreError) before binning anything."""
+    """Build (or reuse) the cache of every (split, T) in ``cfg``; returns their paths. ``splits`` defaults to every
+    split of the store (train, val, test). Refuses an unwritable ``frames_root`` (NotWritableError) and a split of
+    empty samples only (StoreError) before binning anything."""
     store = open_event_store(store_path)
+    splits = tuple(store.splits) if splits is None else splits
     check_splits(store, splits)
     check_writable(frames_root, "frame caches")
     paths = []
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("uint8", "int16", "float32"))
     ap.add_argument("--format", choices=("zarr", "h5"))
     ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
-    ap.add_argument("--splits", nargs="+", default=["train", "test"])
+    ap.add_argument("--splits", nargs="+", help="default: every split of the store (train, val, test)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--for-training", action="store_true", help="the caches train/evaluate need (params.yaml train:)")
@@ -88,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: event store {store} not found; run `python -m pipeline.ingest {args.dataset}` first",
               file=sys.stderr)
         return 2
-    _, code = _run_or_report(cfg, store, Path(paths.frames_root), tuple(args.splits), not args.no_progress)
+    _, code = _run_or_report(cfg, store, Path(paths.frames_root), tuple(args.splits) if args.splits else None,
+                             not args.no_progress)
     return code
 
 
-def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple[str, ...],
+def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple[str, ...] | None,
                    progress: bool) -> tuple[list[Path], int]:
     """`run`, with a refused store as one error line and an exit code (an unwritable folder or a full disk is
     `exits_on_error`'s)."""
@@ -108,7 +111,7 @@ def _for_training(dataset: str, params: Path, overrides: list[str], store: Path 
     train_cfg, bin_cfg, _ = resolve_training(dataset, params, overrides)
     store = store or paths.store_path(dataset, load_section("ingest", IngestConfig, params, overrides).format)
     keep, code = _run_or_report(dataclasses.replace(bin_cfg, T=tuple(sorted({train_cfg.T_s, train_cfg.teacher_T}))),
-                                store, Path(paths.frames_root), ("train", "test"), progress)
+                                store, Path(paths.frames_root), None, progress)
     if code:
         return code
     if prune:

@@ -50,6 +50,10 @@ class IngestConfig:
     out_of_sensor: str = "error"  # error | drop (counted) for events outside the sensor
     splits: dict[str, str] = dataclasses.field(  # dataset -> split scheme
         default_factory=lambda: {"dvs_gesture": "official", "digits_dvs": "official", "cifar10_dvs": "tet"})
+    # dataset -> validation size carved from the training side (pipeline.datasets.base.val_size: 0 none, a
+    # fraction in (0, 1), or N whole groups; checked there); a dataset not named gets its spec's default_val
+    val: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"dvs_gesture": 0.15, "digits_dvs": 0.15, "cifar10_dvs": 0.1})
 
     def __post_init__(self) -> None:
         _choice("ingest.format", self.format, ("zarr", "h5"))
@@ -139,9 +143,11 @@ class TrainConfig:
     amp: bool = True  # autocast on CUDA (bf16 where supported)
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    select: str = "last"  # the deployed epoch: last (fixed budget) | best_val (highest val accuracy at T_s)
 
     def __post_init__(self) -> None:
         _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
+        _choice("train.select", self.select, ("last", "best_val"))
         _choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
         _choice("train.schedule", self.schedule, ("cosine", "constant"))
         _choice("train.task_loss", self.task_loss, ("ce", "tet"))

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pipeline.config import IngestConfig
 from pipeline.datasets import DatasetSpec, MissingRawDataError
-from pipeline.datasets.base import MissingDecoderError, Recording, download_instructions
+from pipeline.datasets.base import SPLITS, MissingDecoderError, Recording, check_plan_disjoint, download_instructions
 from pipeline.events import DecodedEvents
 from pipeline.guards import EVENT_BYTES, check_writable, disk_full, human_bytes, is_disk_full
 from pipeline.io.errors import RawDataError
@@ -150,12 +150,17 @@ def ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split
     if hasattr(spec, "for_raw"):  # generated datasets record their own geometry next to the raw files
         spec = spec.for_raw(raw_dir)
     split = split or cfg.splits.get(spec.name, spec.default_split)
-    plan = spec.recordings(raw_dir, split)
+    val = cfg.val.get(spec.name, spec.default_val)
+    val = int(val) if val >= 1 and val == int(val) else val  # 4, not 4.0, in the manifest (and the store id)
+    plan = spec.recordings(raw_dir, split, val)
+    check_plan_disjoint(plan, raw_dir)
+    if not plan.get("val"):  # ingest.val = 0: no validation split in the store
+        plan = {k: v for k, v in plan.items() if k != "val"}
     raw_bytes = check_plan(spec, plan)
     check_writable(out.parent, "event store")
     done: Counter = Counter()  # raw bytes decoded so far and their events: for the disk-space estimate
     try:
-        return _ingest(spec, raw_dir, out, cfg, split, plan, progress, done)
+        return _ingest(spec, raw_dir, out, cfg, split, plan, progress, done, val)
     except OSError as err:
         if not is_disk_full(err):
             raise
@@ -172,7 +177,7 @@ def _store_estimate(raw_bytes: int, done: Counter) -> tuple[int, str]:
 
 
 def _ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, split: str,
-            plan: dict[str, list[Recording]], progress: bool, done: Counter) -> dict:
+            plan: dict[str, list[Recording]], progress: bool, done: Counter, val: float) -> dict:
     sources: list[dict] = []
     totals: Counter = Counter(dict.fromkeys(COUNT_KEYS, 0))
     overlaps: list[dict] = []
@@ -230,13 +235,15 @@ def _ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, spli
             totals.update({f"{split_name}.{k}": v for k, v in counts.items()})
             for k, v in counts.items():
                 totals[k] += v
+        validation = _validation_manifest(spec, plan, val)
         identity = {"dataset": spec.name, "split_scheme": split, "reader_version": spec.reader_version,
-                    "sources": sources, "out_of_sensor": cfg.out_of_sensor}
+                    "sources": sources, "out_of_sensor": cfg.out_of_sensor, "validation": validation}
         attrs = {
             "dataset": spec.name,
             "classes": list(spec.classes),
             "sensor_size": list(spec.sensor_size),
             "split_scheme": split,
+            "validation": validation,
             "reader_version": spec.reader_version,
             "sources": sources,
             "counts": {k: int(v) for k, v in totals.items()},
@@ -250,13 +257,24 @@ def _ingest(spec: DatasetSpec, raw_dir: Path, out: Path, cfg: IngestConfig, spli
     return attrs
 
 
+def _validation_manifest(spec: DatasetSpec, plan: dict[str, list[Recording]], val: float) -> dict:
+    """The store's ``validation`` attribute: the size asked for (``ingest.val.<dataset>``), the spec's rule in
+    words, the validation recordings by name and, where recordings carry a user, the validation users."""
+    recs = plan.get("val", [])
+    out = {"size": val, "rule": spec.val_rule, "recordings": [r.name for r in recs]}
+    if recs and all("user" in r.meta for r in recs):
+        out["users"] = sorted({r.meta["user"] for r in recs})
+    return out
+
+
 def report(attrs: dict, out: Path) -> str:
     """The closing report: samples (empty ones too) and events per split, everything dropped, and a warning
     line per split that holds empty samples or recordings."""
     c = attrs["counts"]
     lines = [f"event store {out} ({attrs['dataset']}, split scheme {attrs['split_scheme']}, {attrs['seconds']} s)"]
     lines.append(f"  {'split':<6} {'samples':>8} {'empty':>6} {'events':>14}")
-    for split in ("train", "test"):
+    splits = [s for s in SPLITS if f"{s}.samples" in c]
+    for split in splits:
         lines.append(f"  {split:<6} {c.get(split + '.samples', 0):>8} {c.get(split + '.empty_samples', 0):>6} "
                      f"{c.get(split + '.stored', 0):>14,}")
     lines.append(
@@ -265,7 +283,13 @@ def report(attrs: dict, out: Path) -> str:
             c.get("events_read", 0), c.get("invalid_dropped", 0), c.get("nonpolarity_skipped", 0),
             c.get("outside_windows", 0), c.get("out_of_sensor", 0), c.get("reordered", 0),
             c.get("overlapping_windows", 0)))
-    for split in ("train", "test"):
+    val = attrs.get("validation") or {}
+    if val.get("recordings"):
+        who = f"users {', '.join(map(str, val['users']))}" if "users" in val else f"{len(val['recordings'])} recordings"
+        lines.append(f"  validation: {who} of the training side (ingest.val = {val['size']}; {val['rule']})")
+    else:
+        lines.append("  validation: none (ingest.val = 0)")
+    for split in splits:
         n, empty, recs = (c.get(f"{split}.{k}", 0) for k in ("samples", "empty_samples", "empty_recordings"))
         if empty or recs:
             names = attrs.get("empty_recordings", {}).get(split, [])

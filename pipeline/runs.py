@@ -1,7 +1,9 @@
 """A run directory's checkpoint: save it atomically, load it (refusing a truncated file), rebuild its network.
 
-    <runs_root>/<dataset>/<method>/checkpoint.pt    model, optimizer, scheduler, scaler state, config, model_args,
-                                                    epoch, history, store_id / store_path, frames_root
+    <runs_root>/<dataset>/<method>/checkpoint.pt    model (the last epoch's), optimizer, scheduler, scaler state,
+                                                    config, model_args, epoch, selected_epoch, selected_model (the
+                                                    selected epoch's weights; None: the last epoch's), history,
+                                                    store_id / store_path, frames_root
 
 Shared by `pipeline.train` (writes, resumes) and `pipeline.evaluate` (reads): stages never import each other.
 """
@@ -44,8 +46,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
 
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[SpikingNet, dict]:
-    """The deployable network of a run (no weak heads) and its checkpoint."""
+    """The deployable network of a run (no weak heads) with the weights of its selected epoch (``train.select``,
+    chosen on validation), and its checkpoint."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt", device)
     net = build_model(**ckpt["model_args"])  # the same call `pipeline.train` built the network with
-    net.load_state_dict(ckpt["model"])
+    selected = ckpt.get("selected_model")
+    net.load_state_dict(ckpt["model"] if selected is None else selected)
     return net.deploy().to(device), ckpt

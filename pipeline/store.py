@@ -4,9 +4,10 @@ Layout (identical in both backends; Zarr arrays are sharded so a store is tens o
 
     <dataset>.zarr/  or  <dataset>.h5
         attrs: format="tssd-event-store", format_version, complete, store_id, dataset, classes,
-               sensor_size [W, H, P], split_scheme, reader_version, sources [{name, size, sha256}],
+               sensor_size [W, H, P], split_scheme, validation {size, rule, recordings, users}, reader_version,
+               sources [{name, size, sha256}],
                counts {events_read, invalid_dropped, nonpolarity_skipped, outside_windows, out_of_sensor, ...}
-        <split>/                       one group per split ("train", "test")
+        <split>/                       one group per split ("train", "val", "test"; no "val" when ingest.val = 0)
             x u2, y u2, t i8 (µs), p u1   all events of the split, sample after sample
             offsets i8 (N+1)          sample i is rows offsets[i]:offsets[i+1]
             label i2 (N)

@@ -13,11 +13,19 @@ TSSD (temporal-spatial self-distillation, arXiv 2406.07862) in one step::
 Inference runs the student alone at T_s (`SpikingNet.deploy()` drops the weak heads): no extra cost.
 
 Outputs in ``<runs_root>/<dataset>/<method>/``: ``checkpoint.pt`` (model, optimizer, scheduler, config,
-epoch, best metric, history; written atomically every epoch), ``history.csv`` (one row per epoch) and
-``metrics.json`` (test accuracy at T_s and T_t, best epoch, deploy parameter count, wall time).
+epoch, the selected epoch and its weights, history; written atomically every epoch), ``history.csv`` (one row per
+epoch: losses, train accuracy, val and test accuracy at T_s and T_t), ``metrics.json`` (the selected epoch, its val
+accuracies, its test accuracies measured once at the end, deploy parameter count) and ``timings.json`` (seconds per
+epoch and in all: the only wall-clock values, kept out of the tracked outputs so a re-run reproduces them bit for
+bit; DVC ignores it, see .dvcignore).
+
+Model selection reads the validation split only (``train.select``): ``last`` (default) deploys the last epoch of
+the fixed budget, ``best_val`` the epoch with the highest val accuracy at T_s (the earliest on a tie). The test
+split is scored every epoch into history.csv for the learning curve, and never read by any choice.
 
 `run` is the table of contents: set up the ranks and device, the data, the model, the optimizer, resume, then
-per epoch train, test, checkpoint, then history and metrics; the steps follow it in that order. The whole loop
+per epoch train, validate (and test, for the history), checkpoint, then the selected model's test accuracy,
+history, metrics and timings; the steps follow it in that order. The whole loop
 stays in this one file (nanoGPT's train.py), which is why it runs past 400 lines.
 """
 
@@ -56,7 +64,9 @@ from pipeline.store import StoreError, open_event_store, write_atomic
 __all__ = ["run", "main", "TrainingDiverged", "Pair"]
 
 HISTORY_FIELDS = ["epoch", "lr", "loss", "task_student", "task_teacher", "tsd", "ssd", "weak_task", "train_acc",
-                  "test_acc", "test_acc_teacher", "epoch_s"]
+                  "val_acc", "val_acc_teacher", "test_acc", "test_acc_teacher"]
+#: Splits whose every sample the run scores (train is scored on the fly while training).
+SCORED = ("val", "test")
 
 
 class TrainingDiverged(RuntimeError):
@@ -97,20 +107,18 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         row = _train_one_epoch(epoch, cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress)
-        row["test_acc"] = accuracy(net, data.test_loader, ranks.device, "student", cfg.amp)
-        row["test_acc_teacher"] = accuracy(net, data.test_loader, ranks.device, "teacher", cfg.amp)
-        row["epoch_s"] = time.perf_counter() - t0
-        state.record(row)
+        row.update(_score_epoch(net, data, ranks.device, cfg.amp))
+        state.record(row, time.perf_counter() - t0, cfg.select, net)
         if ranks.main:
-            _print_epoch(row, cfg.epochs)
+            _print_epoch(row, cfg.epochs, state.epoch_s[-1])
             save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                              "scaler": scaler.state_dict(),
                              "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
-                             "model_args": model_args, "epoch": epoch, "best_acc": state.best_acc,
-                             "best_epoch": state.best_epoch, "history": state.history, "wall_s": state.wall_s,
-                             "store_id": store.store_id, "store_path": str(store_path),
+                             "model_args": model_args, "epoch": epoch, **state.selection(epoch),
+                             "history": state.history, "store_id": store.store_id, "store_path": str(store_path),
                              "frames_root": str(frames_root)}, ckpt_path)
-    metrics = _write_outputs(out_dir, cfg, store, state, deploy_params, ranks) if ranks.main else {}
+    final = _score_selected(net, data, state, ranks.device, cfg.amp)
+    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks) if ranks.main else {}
     if ranks.distributed:
         dist.destroy_process_group()
     return metrics
@@ -125,9 +133,12 @@ def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
     for split in ("train", "test"):
-        if len(store[split]) == 0:
+        if split not in store.splits or len(store[split]) == 0:
             raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
-    check_splits(store, ("train", "test"), warn=warn)  # warn: one line per split holding empty samples
+    if cfg.select == "best_val" and ("val" not in store.splits or len(store["val"]) == 0):
+        raise ConfigError(f"train.select = best_val, but {store.path} has no validation split (ingested with "
+                          "ingest.val = 0): re-ingest with a validation size, or use train.select=last")
+    check_splits(store, tuple(store.splits), warn=warn)  # warn: one line per split holding empty samples
     check_writable(out_dir, "run (checkpoint, history, metrics)")
     if not all(p.exists() for p in _cache_paths(store, bin_cfg, frames_root, [cfg.T_s, cfg.teacher_T]).values()):
         check_writable(frames_root, "frame caches")
@@ -195,7 +206,7 @@ def _cache_paths(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int]
     """Where the (split, T) caches of ``store`` live (`pipeline.frames.cache_path`)."""
     return {(split, T): cache_path(frames_root, store.attrs["dataset"], split, Binning.from_config(binning_cfg, T),
                                    store.store_id, store.sensor_size, binning_cfg.format)
-            for T in sorted(set(Ts)) for split in ("train", "test")}
+            for T in sorted(set(Ts)) for split in store.splits}
 
 
 def _caches(store, binning_cfg: BinConfig, frames_root: Path, Ts: list[int], progress: bool
@@ -213,9 +224,8 @@ class _Data:
     """One rank's datasets and loaders; `_train_one_epoch` reseeds the dataset, sampler and generator."""
 
     train_ds: MultiViewDataset
-    test_ds: MultiViewDataset
+    scored: dict[str, DataLoader]  # split -> this rank's share of it at both views ("val" absent without one)
     train_loader: DataLoader
-    test_loader: DataLoader
     sampler: DistributedSampler | None
     generator: torch.Generator
     input_pchw: tuple[int, int, int]  # (P, H, W) of one frame, as cached
@@ -224,7 +234,8 @@ class _Data:
 
 def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path, ranks: _Ranks, progress: bool
                  ) -> _Data:
-    """Frame caches at T_s and T_t (built by rank 0 if missing), the train/test datasets and their loaders."""
+    """Frame caches of every split at T_s and T_t (built by rank 0 if missing), the training dataset and loader,
+    and a loader per scored split (val when the store has one, test) over both views."""
     spec = METHODS[cfg.method]
     Ts = [cfg.T_s, cfg.teacher_T]
     if ranks.main:  # build any missing cache once, before the other ranks open them
@@ -237,8 +248,6 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
     if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
         train_views["teacher"] = CacheView(caches[("train", cfg.teacher_T)], cfg.in_memory)
     train_ds = MultiViewDataset(train_views, Augment(**dataclasses.asdict(cfg.augment)), seed=cfg.seed)
-    test_ds = MultiViewDataset({"student": CacheView(caches[("test", cfg.T_s)], cfg.in_memory),
-                                "teacher": CacheView(caches[("test", cfg.teacher_T)], cfg.in_memory)}, None)
     sampler = (DistributedSampler(train_ds, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed)
                if ranks.distributed else None)
     gen = torch.Generator()
@@ -246,11 +255,15 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
     train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                               num_workers=cfg.num_workers, generator=gen, drop_last=len(train_ds) > cfg.batch_size,
                               pin_memory=ranks.device.type == "cuda")
-    # each rank tests a disjoint, unpadded share (DistributedSampler would pad with duplicates)
-    test_loader = DataLoader(Subset(test_ds, range(ranks.rank, len(test_ds), ranks.world)), cfg.batch_size,
-                             num_workers=cfg.num_workers)
+    scored = {}
+    for split in (s for s in SCORED if s in store.splits):
+        ds = MultiViewDataset({"student": CacheView(caches[(split, cfg.T_s)], cfg.in_memory),
+                               "teacher": CacheView(caches[(split, cfg.teacher_T)], cfg.in_memory)}, None)
+        # each rank scores a disjoint, unpadded share (DistributedSampler would pad with duplicates)
+        scored[split] = DataLoader(Subset(ds, range(ranks.rank, len(ds), ranks.world)), cfg.batch_size,
+                                   num_workers=cfg.num_workers)
     _, P, H, W = caches[("train", cfg.T_s)].shape[1:]
-    return _Data(train_ds, test_ds, train_loader, test_loader, sampler, gen, (int(P), int(H), int(W)),
+    return _Data(train_ds, scored, train_loader, sampler, gen, (int(P), int(H), int(W)),
                  len(store.attrs["classes"]))
 
 
@@ -311,19 +324,33 @@ def _set_up_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device
 # ------------------------------------------------------------------------------------------ resume
 @dataclasses.dataclass
 class _Progress:
-    """What the checkpoint carries across a resume: where to start, the best test accuracy so far, the history."""
+    """What the checkpoint carries across a resume: where to start, the history, and the selected epoch (by
+    ``train.select``, from validation only) with its weights. ``epoch_s`` (wall-clock) goes to timings.json only."""
 
     start_epoch: int = 0
-    best_acc: float = -1.0
-    best_epoch: int = -1  # 1-based, as in history.csv
     history: list[dict] = dataclasses.field(default_factory=list)
-    wall_s: float = 0.0
+    selected_epoch: int = -1  # 1-based, as in history.csv; -1 before the first epoch
+    selected_model: dict | None = None  # best_val: CPU copy of the selected epoch's weights
+    epoch_s: list[float] = dataclasses.field(default_factory=list)
 
-    def record(self, row: dict) -> None:
+    def record(self, row: dict, seconds: float, select: str, net: nn.Module) -> None:
+        """Append an epoch's row (``net`` holds its weights); move the selection to it when ``select`` says so --
+        ``last``: always; ``best_val``: when its val accuracy at T_s beats every earlier epoch's (a tie keeps
+        the earlier epoch). The test columns are never read here."""
+        best = max((r["val_acc"] for r in self.history), default=-1.0)
         self.history.append(row)
-        self.wall_s += row["epoch_s"]
-        if row["test_acc"] > self.best_acc:
-            self.best_acc, self.best_epoch = row["test_acc"], row["epoch"]
+        self.epoch_s.append(seconds)
+        if select == "last":
+            self.selected_epoch = row["epoch"]
+        elif row["val_acc"] > best:
+            self.selected_epoch = row["epoch"]
+            self.selected_model = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def selection(self, epoch: int) -> dict:
+        """The checkpoint's selection keys after 0-based ``epoch``: ``selected_model`` is None when the selected
+        weights are the checkpoint's ``model`` (the last epoch's)."""
+        return {"selected_epoch": self.selected_epoch,
+                "selected_model": None if self.selected_epoch == epoch + 1 else self.selected_model}
 
 
 def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: nn.Module,
@@ -348,7 +375,12 @@ def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: n
         scaler.load_state_dict(ckpt["scaler"])
     if ranks.main:
         print(f"resuming {ckpt_path} after epoch {ckpt['epoch']}")
-    return _Progress(ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"], ckpt["history"], ckpt["wall_s"])
+    selected = ckpt["selected_model"]
+    if cfg.select == "best_val" and selected is None:  # the last epoch is the selected one
+        selected = ckpt["model"]
+    selected = None if selected is None else {k: v.detach().to("cpu", copy=True) for k, v in selected.items()}
+    return _Progress(ckpt["epoch"] + 1, ckpt["history"], ckpt["selected_epoch"], selected,
+                     _read_timings(ckpt_path.parent / "timings.json", len(ckpt["history"])))
 
 
 # ------------------------------------------------------------------------------------------ one epoch
@@ -422,37 +454,84 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, view: s
     return float(correct[0] / correct[1].clamp(min=1))
 
 
+def _score_epoch(net: nn.Module, data: _Data, device: torch.device, amp: bool) -> dict:
+    """The epoch's history columns ``val_acc``, ``val_acc_teacher`` (student at T_s, the same weights at T_t;
+    "" without a val split) and ``test_acc``, ``test_acc_teacher`` (the learning curve only: no choice reads
+    them)."""
+    row = {}
+    for split in SCORED:
+        loader = data.scored.get(split)
+        for col, view in ((f"{split}_acc", "student"), (f"{split}_acc_teacher", "teacher")):
+            row[col] = accuracy(net, loader, device, view, amp) if loader is not None else ""
+    return row
+
+
+def _score_selected(net: nn.Module, data: _Data, state: _Progress, device: torch.device, amp: bool) -> dict:
+    """Val and test accuracy (at T_s and T_t) of the selected epoch's weights, measured once after training;
+    ``net`` is left holding those weights (the checkpoint keeps the last epoch's for a resume)."""
+    if state.selected_model is not None:
+        net.load_state_dict(state.selected_model)
+    return _score_epoch(net, data, device, amp) if state.history else {}
+
+
 # ------------------------------------------------------------------------------------------ reporting
 def _print_summary(cfg: TrainConfig, store, data: _Data, net: SpikingNet, deploy_params: int, ranks: _Ranks) -> None:
     P, H, W = data.input_pchw
     teacher = f", T_t={cfg.teacher_T}" if METHODS[cfg.method].uses_teacher else ""
     print(f"{store.attrs['dataset']} {cfg.method}: {cfg.arch}, T_s={cfg.T_s}{teacher}, input {P}x{H}x{W}, "
-          f"{data.n_classes} classes, {len(data.train_ds)} train / {len(data.test_ds)} test, "
+          f"{data.n_classes} classes, {len(data.train_ds)} train / "
+          f"{len(data.scored['val'].dataset) if 'val' in data.scored else 0} val / "
+          f"{len(data.scored['test'].dataset)} test (scored on this rank), select {cfg.select}, "
           f"deploy params {deploy_params:,}, training params {count_parameters(net):,}, device {ranks.device}, "
           f"world {ranks.world}")
 
 
-def _print_epoch(row: dict, epochs: int) -> None:
+def _print_epoch(row: dict, epochs: int, seconds: float) -> None:
+    # validation only: the per-epoch test accuracy goes to history.csv, never to the screen where it would tempt
     terms = " ".join(f"{k}={row[k]:.3f}" for k in ("task_student", "task_teacher", "tsd", "ssd") if row[k] != "")
+    val = (f"val@T_s={row['val_acc']:.3f} val@T_t={row['val_acc_teacher']:.3f}" if row["val_acc"] != ""
+           else "no val split")
     print(f"epoch {row['epoch']:>3}/{epochs} loss={row['loss']:.3f} ({terms}) train={row['train_acc']:.3f} "
-          f"test@T_s={row['test_acc']:.3f} test@T_t={row['test_acc_teacher']:.3f} lr={row['lr']:.4g} "
-          f"{row['epoch_s']:.1f}s", flush=True)
+          f"{val} lr={row['lr']:.4g} {seconds:.1f}s", flush=True)
 
 
-def _write_outputs(out_dir: Path, cfg: TrainConfig, store, state: _Progress, deploy_params: int, ranks: _Ranks
-                   ) -> dict:
-    """history.csv and metrics.json (the last epoch's test accuracies, the best one); returns the metrics."""
+def _write_outputs(out_dir: Path, cfg: TrainConfig, store, state: _Progress, final: dict, deploy_params: int,
+                   ranks: _Ranks) -> dict:
+    """history.csv, metrics.json (the selected epoch, its val accuracies, its test accuracies measured once by
+    `_score_selected`) and timings.json (wall-clock: not a tracked output); returns the metrics."""
     _write_history(out_dir / "history.csv", state.history)
-    last = state.history[-1] if state.history else {}
     metrics = {"dataset": store.attrs["dataset"], "method": cfg.method, "arch": cfg.arch, "T_s": cfg.T_s,
-               "T_t": cfg.teacher_T, "epochs": len(state.history), "test_acc_Ts": last.get("test_acc"),
-               "test_acc_Tt": last.get("test_acc_teacher"), "best_test_acc_Ts": state.best_acc,
-               "best_epoch": state.best_epoch, "deploy_params": deploy_params, "wall_time_s": round(state.wall_s, 1),
-               "device": str(ranks.device), "world_size": ranks.world}
+               "T_t": cfg.teacher_T, "epochs": len(state.history), "select": cfg.select,
+               "selected_epoch": state.selected_epoch if state.history else None,
+               "val_acc_Ts": final.get("val_acc"), "val_acc_Tt": final.get("val_acc_teacher"),
+               "test_acc_Ts": final.get("test_acc"), "test_acc_Tt": final.get("test_acc_teacher"),
+               "deploy_params": deploy_params, "device": str(ranks.device), "world_size": ranks.world}
+    metrics = {k: (None if v == "" else v) for k, v in metrics.items()}  # no val split: null, not ""
     text = json.dumps(metrics, indent=2) + "\n"
     with writing("metrics", out_dir / "metrics.json", len(text)):
         write_atomic(out_dir / "metrics.json", text)
+    timings = json.dumps({"epoch_s": [round(t, 3) for t in state.epoch_s],
+                          "wall_time_s": round(sum(state.epoch_s), 1)}, indent=2) + "\n"
+    with writing("timings", out_dir / "timings.json", len(timings)):
+        write_atomic(out_dir / "timings.json", timings)
+    print(f"selected epoch {metrics['selected_epoch']} ({cfg.select}): val@T_s={_pct(metrics['val_acc_Ts'])} "
+          f"test@T_s={_pct(metrics['test_acc_Ts'])} test@T_t={_pct(metrics['test_acc_Tt'])}; "
+          f"{sum(state.epoch_s):.1f} s of training (timings.json)", flush=True)
     return metrics
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _read_timings(path: Path, n_epochs: int) -> list[float]:
+    """The epoch seconds a resumed run already spent (timings.json; zeros where it is missing or stale: they
+    are informational only)."""
+    try:
+        epoch_s = [float(v) for v in json.loads(path.read_text())["epoch_s"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        epoch_s = []
+    return epoch_s[:n_epochs] + [0.0] * (n_epochs - len(epoch_s))
 
 
 def _comparable(cfg: TrainConfig) -> dict:

@@ -31,10 +31,14 @@ def random_stream(rng: np.random.Generator, n: int, t_max: int, size: int = 128)
 
 def make_gesture_tree(root: Path, seed: int = 0, users=(1, 2, 3), n_events: int = 20_000,
                       invalid_frac: float = 0.05, overflow: bool = True) -> RawTree:
-    """A DVS-Gesture tree: 3 users, 11 windows each (one class each), invalid events, timestamps crossing 2^31."""
+    """A DVS-Gesture tree: 3 users, 11 windows each (one class each), invalid events, timestamps crossing 2^31.
+
+    The trials lists put the last user in test, the others in train; the truth also holds the ``val`` split that
+    the default ``ingest.val`` (0.15 of the training users, at least one, never all) carves from them: the
+    last training user (with one training user: none)."""
     rng = np.random.default_rng(seed)
     names = []
-    truth: dict[str, list] = {"train": [], "test": []}
+    truth: dict[str, list] = {"train": [], "val": [], "test": []}
     for k, u in enumerate(users):
         base = (1 << 31) - 1_000_000 if overflow and k == 0 else 0  # the first recording crosses 2^31 µs
         x, y, t, p = random_stream(rng, n_events, 3_000_000)
@@ -44,7 +48,7 @@ def make_gesture_tree(root: Path, seed: int = 0, users=(1, 2, 3), n_events: int 
         name = f"user{u:02d}_fluorescent_led"
         write_recording(root, name, x, y, t, p, windows, valid=valid, events_per_packet=997)
         names.append(name)
-        split = "test" if k == len(users) - 1 else "train"
+        split = "test" if k == len(users) - 1 else "val" if k == len(users) - 2 and len(users) > 2 else "train"
         ev = make_events(x[valid], y[valid], t[valid], p[valid])
         for w in windows:
             sel = (ev["t"] >= w.start_us) & (ev["t"] < w.end_us)
@@ -54,16 +58,20 @@ def make_gesture_tree(root: Path, seed: int = 0, users=(1, 2, 3), n_events: int 
 
 
 def make_cifar_tree(root: Path, per_class: int = 10, seed: int = 0, n_events: int = 300) -> RawTree:
+    """CIFAR10-DVS files, ``per_class`` per class. The truth follows the default ``tet`` scheme (the last
+    ceil(0.1 n) indices test) and the default ``ingest.val`` (0.1 per class: the last ceil(0.1 m) of the m
+    training indices, never all of them, are val)."""
     rng = np.random.default_rng(seed)
-    truth: dict[str, list] = {"train": [], "test": []}
+    truth: dict[str, list] = {"train": [], "val": [], "test": []}
     cut = -(-per_class * 9 // 10)
+    n_val = min(-(-cut // 10), cut - 1)
     for label, cls in enumerate(CIFAR_CLASSES):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             x, y, t, p = random_stream(rng, n_events, 1_300_000)
             t = t + 40_000_000
             write_aedat20(root / cls / f"cifar10_{cls}_{i}.aedat", x, y, t, p)
-            truth["train" if i < cut else "test"].append((make_events(x, y, t, p), label))
+            truth["train" if i < cut - n_val else "val" if i < cut else "test"].append((make_events(x, y, t, p), label))
     # store order is class-major, index-minor within each split
     for split in truth:
         truth[split].sort(key=lambda s: s[1])
@@ -82,10 +90,11 @@ def cifar_tree(tmp_path: Path) -> RawTree:
 
 def make_learnable_tree(root: Path, n_classes: int = 4, per_class: int = 24, seed: int = 0) -> Path:
     """A DVS-Gesture-format tree whose classes a small SNN can tell apart: class k emits events along a
-    vertical bar at x ≈ 16 + 28 k moving downwards, plus uniform noise. Users 1-3 train, user 4 tests."""
+    vertical bar at x ≈ 16 + 28 k moving downwards, plus uniform noise. Users 1-4 are listed for training, user 5
+    tests; the default ``ingest.val`` makes user 4 the validation split (users 1-3 train)."""
     rng = np.random.default_rng(seed)
     names = []
-    for u in (1, 2, 3, 4):
+    for u in (1, 2, 3, 4, 5):
         xs, ys, ts, ps, windows = [], [], [], [], []
         t0 = 0
         for i in range(per_class * n_classes // 4):
@@ -102,7 +111,7 @@ def make_learnable_tree(root: Path, n_classes: int = 4, per_class: int = 24, see
         write_recording(root, name, np.concatenate(xs), np.concatenate(ys), np.concatenate(ts), np.concatenate(ps),
                         windows)
         names.append(name)
-    write_trials(root, names[:3], names[3:])
+    write_trials(root, names[:4], names[4:])
     return root
 
 

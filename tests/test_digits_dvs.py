@@ -119,21 +119,23 @@ def test_generate_ingest_round_trip(tmp_path):
     store = open_event_store(store_path)
     assert store.attrs["dataset"] == "digits_dvs" and store.attrs["classes"] == list(D.CLASSES)
     assert store.attrs["sensor_size"] == [32, 32, 2]
-    assert len(store["train"]) + len(store["test"]) == cfg.n_samples == sum(counts["samples"].values())
+    assert store.attrs["validation"]["users"] == [3]  # ceil(0.15 x 3 training users) = 1: the last one
+    assert sum(len(store[s]) for s in ("train", "val", "test")) == cfg.n_samples == sum(counts["samples"].values())
     assert attrs["counts"]["events_read"] == counts["events"]
     assert attrs["counts"]["stored"] == counts["events_in_windows"]
     labels = D.load_source()[1]
-    idx = {"train": 0, "test": 0}
+    idx = {"train": 0, "val": 0, "test": 0}
     for rec in D.synthesize(cfg):
-        split = store[rec.plan.split]
+        name = "val" if rec.plan.user == 3 else rec.plan.split  # carved at ingest; the generator knows train/test
+        split = store[name]
         for w, src in zip(rec.windows, rec.plan.sources):
-            got, label = split[idx[rec.plan.split]]
-            idx[rec.plan.split] += 1
+            got, label = split[idx[name]]
+            idx[name] += 1
             assert label == w.label == labels[src]
             want = rec.events[(rec.events["t"] >= w.start_us) & (rec.events["t"] < w.end_us)]
             for f in "xytp":
                 np.testing.assert_array_equal(got[f], want[f])
-    assert idx == {"train": 18, "test": 6}
+    assert idx == {"train": 12, "val": 6, "test": 6}
     meta = store["test"].attrs["recordings"][0]
     assert meta == {"name": "user04_lab.aedat", "user": 4, "lighting": "lab"}
 

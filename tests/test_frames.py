@@ -181,7 +181,7 @@ def test_bin_and_show_stages(store_path, tmp_path, capsys):
     assert bin_stage.main(["dvs_gesture", "--store", str(store_path), "--T", "2", "3", "--out-size", "16", "16",
                            "--set", f"paths.frames_root={tmp_path}", "--no-progress"]) == 0
     caches = sorted((tmp_path / "dvs_gesture").glob("*.zarr"))
-    assert len(caches) == 4 and all("16x16" in c.name for c in caches)
+    assert len(caches) == 6 and all("16x16" in c.name for c in caches)  # (train, val, test) x T 2, 3
     png = tmp_path / "show.png"
     assert show.main([str(caches[0]), "--index", "0", "1", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

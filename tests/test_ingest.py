@@ -47,7 +47,7 @@ def test_gesture_round_trip_and_reconciliation(gesture_tree, tmp_path, fmt):
     assert c["events_read"] == gesture_tree.n_events_in_files
     assert c["stored"] + c["invalid_dropped"] + c["outside_windows"] + c["out_of_sensor"] - c["duplicated_by_overlap"] \
         == c["events_read"]
-    assert c["train.samples"] == 22 and c["test.samples"] == 11
+    assert c["train.samples"] == 11 and c["val.samples"] == 11 and c["test.samples"] == 11  # user 2 is val
     assert store.attrs["sensor_size"] == [128, 128, 2]
     assert {s["name"] for s in store.attrs["sources"]} >= {"user01_fluorescent_led.aedat",
                                                           "user01_fluorescent_led_labels.csv"}
@@ -64,7 +64,8 @@ def test_zarr_store_is_few_files_and_readable_with_plain_zarr(gesture_tree, tmp_
     ingest(get_spec("dvs_gesture"), gesture_tree.root, out, IngestConfig(**SMALL), progress=False)
     n_files = sum(1 for p in out.rglob("*") if p.is_file())
     n_events = sum(len(e) for e, _ in gesture_tree.truth["train"])
-    assert n_files < 40 + 4 * (n_events // SMALL["shard_events"] + 1)  # shards, not one file per chunk
+    # ~20 files per split (3 splits: train, val, test) plus shards, not one file per chunk
+    assert n_files < 20 * 3 + 4 * (n_events // SMALL["shard_events"] + 1)
     g = zarr.open_group(out, mode="r")
     off = g["train/offsets"][:]
     ev, label = gesture_tree.truth["train"][3]

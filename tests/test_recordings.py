@@ -76,7 +76,7 @@ def folder(tmp_path):
 def _samples(store_path):
     store = open_event_store(store_path)
     out = {}
-    for split in ("train", "test"):
+    for split in store.splits:  # train, val, test
         s = store[split]
         recs = s.attrs["recordings"]
         for k in range(len(s)):
@@ -117,6 +117,11 @@ def test_every_format_one_store(folder, tmp_path):
     # the documented random:0 rule: sorted paths, default_rng(0) permutation, round(0.2 * 6) = 1 held out
     test = {n for n, v in got.items() if v[0][3] == "test"}
     assert test == set(_random_split(sorted(truth), "random:0")["test"]) and len(test) == 1
+    # validation: the csv-labelled session.aedat4 is on the training side, so no per-class carving: ceil(0.2 * 5)
+    # = 1 recording, the last training one in path order
+    assert test == {"wave/c.npy"}
+    assert {n for n, v in got.items() if v[0][3] == "val"} == {"wave/e.aedat"}
+    assert store.attrs["validation"]["recordings"] == ["wave/e.aedat"]
 
 
 def test_trials_lists_and_their_errors(folder, tmp_path):
@@ -247,7 +252,7 @@ def test_cli_ingest_bin_train(folder, tmp_path, monkeypatch):
     store = tmp_path / "events" / "mycam.zarr"
     assert open_event_store(store).attrs["dataset"] == "mycam"
     assert bin_stage.main(["mycam", "--T", "4", "--out-size", "16", "16", *q]) == 0
-    assert len(list((tmp_path / "frames" / "mycam").iterdir())) == 2
+    assert len(list((tmp_path / "frames" / "mycam").iterdir())) == 3  # train, val, test
     assert train_stage.main(["mycam", "--epochs", "1", "--set", "bin.out_size=[16,16]", "--set", "train.T_s=2",
                              "--set", "train.batch_size=4", *q]) == 0
     assert (tmp_path / "runs" / "mycam" / "tssd" / "checkpoint.pt").is_file()

@@ -318,7 +318,9 @@ def _small_store(tmp_path: Path, fmt: str = "zarr", seed: int = 0, name: str = "
 
     out = tmp_path / f"{name}.{'zarr' if fmt == 'zarr' else 'h5'}"
     tree = make_gesture_tree(tmp_path / f"raw-{name}-{seed}", seed=seed, n_events=3000)
-    ingest(get_spec("dvs_gesture"), tree.root, out, IngestConfig(format=fmt, **SMALL_SHARDS), progress=False)
+    # no validation split: the damage below targets given shard files of a 22-sample train split
+    ingest(get_spec("dvs_gesture"), tree.root, out, IngestConfig(format=fmt, val={"dvs_gesture": 0}, **SMALL_SHARDS),
+           progress=False)
     return out
 
 
@@ -686,7 +688,8 @@ def test_a_header_only_recording_is_counted_and_reported(tmp_path, capsys):
         "user03_lab": (500, _windows((0, 25_000), (25_000, 50_000))),
     }, ["user01_lab", "user02_lab"], ["user03_lab"])
     store = tmp_path / "ev.zarr"
-    assert main(["dvs_gesture", "--raw", str(root), "--out", str(store), "--no-progress"]) == 0
+    assert main(["dvs_gesture", "--raw", str(root), "--out", str(store), "--no-progress",
+                 "--set", "ingest.val.dvs_gesture=0"]) == 0  # both training users stay in train
     out = capsys.readouterr().out
     assert "warning: train: 3 of 5 samples are empty" in out and "1 recording(s) hold no event at all: " \
         "user01_lab.aedat" in out
@@ -718,7 +721,8 @@ def test_an_empty_cifar_recording_is_one_empty_sample(tmp_path):
     none = np.zeros(0, np.int64)
     write_aedat20(root / CLASSES[0] / f"cifar10_{CLASSES[0]}_0.aedat", none, none, none, none)
     c = ingest(get_spec("cifar10_dvs"), root, tmp_path / "c.zarr", IngestConfig(), progress=False)["counts"]
-    assert (c["train.empty_samples"], c["train.empty_recordings"], c["train.samples"]) == (1, 1, 20)
+    # 2 per class: tet puts both in train, the default ingest.val carves index 1 of each class (never all)
+    assert (c["train.empty_samples"], c["train.empty_recordings"], c["train.samples"], c["val.samples"]) == (1, 1, 10, 10)
 
 
 def test_a_split_of_empty_samples_only_is_refused_and_nothing_published(tmp_path, capsys):

@@ -48,8 +48,8 @@ def test_from_tonic_cifar10_dvs_matches_tonic_item_by_item(tonic_tree, tmp_path)
     ref = tonic.datasets.CIFAR10DVS(str(tonic_tree))
     by_file = {p: i for i, p in enumerate(ref.data)}
     store = open_event_store(out)
-    n = {"train": 0, "test": 0}
-    for split in ("train", "test"):
+    n = {"train": 0, "val": 0, "test": 0}
+    for split in ("train", "val", "test"):
         s = store[split]
         recs = s.attrs["recordings"]
         cols = s.event_slice(0, int(s.offsets[-1]))  # one read (a zarr read per sample costs ~10 ms)
@@ -64,7 +64,9 @@ def test_from_tonic_cifar10_dvs_matches_tonic_item_by_item(tonic_tree, tmp_path)
             np.testing.assert_array_equal(ev["y"], events["y"])
             np.testing.assert_array_equal(ev["p"], events["p"].astype(np.uint8))
             n[split] += 1
-    assert n == {"train": 900, "test": 100}  # the 'tet' split: per class, indices 0..89 train, 90..99 test
+    # the 'tet' split: per class, indices 0..89 train side, 90..99 test; validation (0.1 per class): 81..89
+    assert n == {"train": 810, "val": 90, "test": 100}
+    assert {r["index"] for r in store["val"].attrs["recordings"]} == set(range(81, 90))
     assert attrs["counts"]["events_read"] == attrs["counts"]["stored"]
 
 

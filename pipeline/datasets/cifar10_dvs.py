@@ -19,6 +19,11 @@ pinned and the chosen manifest is stored in the event store:
 * ``random:<seed>``: per class, a NumPy ``default_rng(seed)`` permutation of the indices, first ceil(0.9 n) train.
 
 With fewer than 1000 recordings per class the fractions are kept (first ceil(0.9 n) / first ceil(0.1 n)).
+
+Validation (``ingest.val.cifar10_dvs``, default 0.1): per class, the training recordings with the highest
+indices, ``ceil(0.1 n)`` of the ``n`` training recordings of each class (`pipeline.datasets.base.carve_validation`;
+under ``tet``: indices 810..899 of every class, 900 validation / 8100 train / 1000 test recordings). Whole
+recordings, carved from the training side of the chosen scheme only.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConfigError
-from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, whole_recording
+from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, carve_validation, val_size,
+                                    whole_recording)
 from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat2
 from pipeline.io.errors import RawDataError
@@ -88,6 +94,8 @@ class CIFAR10DVS:
     sensor_size = SensorSize(128, 128, 2)
     default_split = "tet"
     split_schemes = ("tet", "tebn", "spikingjelly", "random:<seed>")
+    default_val = 0.1
+    val_rule = "per class: the training recordings with the highest indices (a fraction f: ceil(f * n) per class)"
     reader_version = aedat2.READER_VERSION
     downloads = tuple(
         Download(f"{c}.zip", f"https://ndownloader.figshare.com/files/{fid}", md5) for c, (fid, md5) in _FIGSHARE.items()
@@ -100,7 +108,7 @@ class CIFAR10DVS:
     def raw_layout(self, raw_dir: Path) -> str:
         return f"{raw_dir}/<class>/cifar10_<class>_<i>.aedat for the classes {', '.join(CLASSES)}"
 
-    def recordings(self, raw_dir: Path, split: str = "tet") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "tet", val: float | None = None) -> dict[str, list[Recording]]:
         raw_dir = Path(raw_dir)
         train: list[Recording] = []
         test: list[Recording] = []
@@ -124,7 +132,7 @@ class CIFAR10DVS:
                     dest.append(
                         Recording(folder / files[k], f"{cls}/{files[k]}", {"class": cls, "label": label, "index": indices[k]})
                     )
-        return {"train": train, "test": test}
+        return carve_per_class(train, test, self.default_val if val is None else val, f"ingest.val.{self.name}")
 
     def windows(self, rec: Recording, events: DecodedEvents) -> list[Window]:
         return whole_recording(int(rec.meta["label"]), events)
@@ -134,3 +142,12 @@ class CIFAR10DVS:
 
 
 SPEC = CIFAR10DVS()
+
+
+def carve_per_class(train: list[Recording], test: list[Recording], val: float, where: str
+                    ) -> dict[str, list[Recording]]:
+    """``{"train", "val", "test"}``: per class (``meta["label"]``), the training recordings with the highest
+    ``meta["index"]`` become validation (`carve_validation`, size `val_size(val)` per class)."""
+    kept, held = carve_validation(train, lambda r: (r.meta["label"], r.meta["index"]), **val_size(val, where),
+                                  per_class=lambda r: r.meta["label"])
+    return {"train": kept, "val": held, "test": test}

@@ -10,6 +10,8 @@ Raw layout (written by ``python -m pipeline.generate digits_dvs`` into ``data_ca
     data_cache/raw/digits_dvs/
         trials_to_train.txt                 one recording file name per line (users 1 .. users - test_users)
         trials_to_test.txt                  (the last ``test_users`` users: whole users are held out)
+                                            (validation: the last ceil(ingest.val.digits_dvs x training users)
+                                            training users, carved at ingest; the raw files do not change)
         user01_lab.aedat                    AEDAT 3.1 polarity events, see pipeline.io.aedat3
         user01_lab_labels.csv               class,startTime_usec,endTime_usec   (class is 1-based: 1 = "zero")
         user01_natural.aedat
@@ -219,12 +221,15 @@ class DigitsDVS(DVSGesture):
     def _root(raw_dir: Path) -> Path:
         return Path(raw_dir)
 
-    def recordings(self, raw_dir: Path, split: str = "official") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "official", val: float | None = None
+                   ) -> dict[str, list[Recording]]:
+        """DVS-Gesture's rule: the trials lists give train / test, then the last training users (``val``, default
+        0.15: ceil(0.15 x 24) = 4, users 21..24 of the default 24 training users) become the validation split."""
         if split not in self.split_schemes:
             raise ValueError(f"{self.name} has one split scheme, 'official' (users held out); got {split!r}")
         if not (Path(raw_dir) / "trials_to_train.txt").is_file():
             raise MissingRawDataError(f"{raw_dir} holds no generated {self.name}. Expected {self.raw_layout(raw_dir)}.")
-        return super().recordings(raw_dir, split)
+        return super().recordings(raw_dir, split, val)
 
 
     def for_raw(self, raw_dir: Path) -> DigitsDVS:

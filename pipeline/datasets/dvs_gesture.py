@@ -12,7 +12,12 @@ Raw layout (the official ``DvsGesture.tar.gz`` extracted into ``data_cache/raw/d
 One sample per csv row: events with ``startTime_usec <= t < endTime_usec``, label = class - 1, in the official
 class order below (not the string-sorted folder order that puts class "10" at index 2). Windows may overlap
 (the real user22_led_labels.csv has one); both samples are kept and the overlap is reported.
-On the real data this gives 1176 train / 288 test samples.
+On the real data this gives 1176 train / 288 test samples (official split).
+
+Validation (``ingest.val.dvs_gesture``, default 0.15): whole users carved from the official training side by
+`pipeline.datasets.base.carve_validation` -- the last ceil(0.15 x 23) = 4 training users in user order (users
+20..23 of the official training users 1..23; 19 users train), never a test user. The trials lists are not changed (the raw files stay
+byte-identical); the carving is recorded in the store's ``validation`` attribute.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import re
 from pathlib import Path
 
 from pipeline.config import ConfigError
-from pipeline.datasets.base import Download, MissingRawDataError, Recording, Window, check_disjoint, read_listing
+from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, carve_validation, check_disjoint,
+                                    read_listing, val_size)
 from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat3
 from pipeline.io.errors import RawDataError
@@ -80,6 +86,8 @@ class DVSGesture:
     sensor_size = SensorSize(128, 128, 2)
     default_split = "official"
     split_schemes = ("official",)
+    default_val = 0.15
+    val_rule = "whole users: the last N training users in user order (a fraction f: ceil(f * users))"
     reader_version = aedat3.READER_VERSION
     downloads = (
         Download(
@@ -105,7 +113,8 @@ class DVSGesture:
         nested = raw_dir / "DvsGesture"
         return nested if (nested / "trials_to_train.txt").is_file() else raw_dir
 
-    def recordings(self, raw_dir: Path, split: str = "official") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "official", val: float | None = None
+                   ) -> dict[str, list[Recording]]:
         if split != "official":
             raise ConfigError(f"dvs_gesture has one split scheme, 'official'; got {split!r}")
         root = self._root(Path(raw_dir))
@@ -128,7 +137,7 @@ class DVSGesture:
                     raise MissingRawDataError(f"{path} (listed in {listing}, row {row}) not found")
                 recs.append(Recording(path, fname, {"user": int(m.group(1)), "lighting": m.group(2)}))
             out[split_name] = recs
-        return out
+        return carve_by_user(out, self.default_val if val is None else val, f"ingest.val.{self.name}")
 
     def windows(self, rec: Recording, events: DecodedEvents) -> list[Window]:
         csv = rec.path.with_name(rec.path.stem + "_labels.csv")
@@ -154,6 +163,13 @@ class DVSGesture:
 
 
 SPEC = DVSGesture()
+
+
+def carve_by_user(plan: dict[str, list[Recording]], val: float, where: str) -> dict[str, list[Recording]]:
+    """``{"train", "val", "test"}`` from a ``{"train", "test"}`` plan whose recordings carry ``meta["user"]``:
+    whole users of the training side become validation (`carve_validation`, size `val_size(val)`)."""
+    train, held = carve_validation(plan["train"], lambda r: r.meta["user"], **val_size(val, where))
+    return {"train": train, "val": held, "test": plan["test"]}
 
 
 def write_recording(root: Path, name: str, x, y, t, p, windows: list[Window], *, valid=None,

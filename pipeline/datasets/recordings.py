@@ -46,6 +46,13 @@ Splits (``--split``, or ``ingest.splits.<name>`` in params.yaml):
   sorted by path, permuted by ``numpy.random.default_rng(seed)``; the first ``max(1, round(f * n))`` are test.
   Whole recordings are held out, never rows of one recording.
 
+Validation (``ingest.val.<name>``, default 0.2): whole recordings of the training side (never a test one) become
+the ``val`` split (`pipeline.datasets.base.carve_validation`): the last ``ceil(0.2 n)`` training recordings in path
+order -- per class when every training recording is labelled by its folder (so each class keeps training
+recordings: a class with a single training recording keeps it), else over all training recordings (a csv-labelled
+recording holds several classes). An integer ``N >= 1`` holds out N recordings (per class when folder-labelled);
+0 gives no validation split. Keep one recording per user/session if you want whole users held out.
+
 The dataset's name (``--name``, default ``recordings``; raw folder default ``<raw_root>/<name>``) names the store
 (``<events_root>/<name>.zarr``), its frame caches and runs, and the ``recipes.<name>`` section params.yaml may
 hold: ``pipeline.bin <name>`` and ``pipeline.train <name>`` then work as for the built-in datasets. The store's
@@ -63,8 +70,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, require_aedat4_decoder,
-                                    whole_recording)
+from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, carve_validation,
+                                    require_aedat4_decoder, val_size, whole_recording)
 from pipeline.events import DecodedEvents, SensorSize
 from pipeline.io import aedat2, aedat3, arrays
 from pipeline.io.aedat_header import SUPPORTED, sniff_version
@@ -177,6 +184,9 @@ class Recordings:
     classes: tuple[str, ...] = ()
     sensor_size: SensorSize = SensorSize(1, 1, 2)
     default_split: str = "random:0"
+    default_val: float = 0.2
+    val_rule: str = ("whole recordings: the last ones of the training side in path order, per class when every "
+                     "training recording is folder-labelled (a fraction f: ceil(f * n), never all of a class)")
     split_schemes: tuple[str, ...] = ("trials", "random:<seed>[:<test_fraction>]")
     downloads: tuple[Download, ...] = ()
     reader_version: str = READER_VERSION
@@ -306,7 +316,8 @@ class Recordings:
             raise RuntimeError("Recordings spec used before for_raw(raw_dir)")
         return self.items
 
-    def recordings(self, raw_dir: Path, split: str = "random:0") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "random:0", val: float | None = None
+                   ) -> dict[str, list[Recording]]:
         items = self._planned()
         by_name = {i.name: i for i in items}
         if split == "trials":
@@ -327,7 +338,11 @@ class Recordings:
                 if not i.rows:
                     meta["label"] = self.classes.index(i.folder_label)
                 out[split_name].append(Recording(i.path, i.name, meta))
-        return out
+        by_folder = all("label" in r.meta for r in out["train"])
+        train, held = carve_validation(out["train"], lambda r: r.name,
+                                       **val_size(self.default_val if val is None else val, f"ingest.val.{self.name}"),
+                                       per_class=(lambda r: r.meta["label"]) if by_folder else None)
+        return {"train": train, "val": held, "test": out["test"]}
 
     def _trials(self, raw_dir: Path, by_name: dict[str, _Item]) -> dict[str, list[str]]:
         assign: dict[str, list[str]] = {}

@@ -21,8 +21,8 @@ import numpy as np
 
 from pipeline.datasets.base import (Download, MissingRawDataError, Recording, Window, require_aedat4_decoder,
                                     whole_recording)
-from pipeline.datasets.cifar10_dvs import CIFAR10DVS, split_indices
-from pipeline.datasets.dvs_gesture import DVSGesture
+from pipeline.datasets.cifar10_dvs import CIFAR10DVS, carve_per_class, split_indices
+from pipeline.datasets.dvs_gesture import DVSGesture, carve_by_user
 from pipeline.events import DecodedEvents
 
 __all__ = ["TonicDVSGesture", "TonicCIFAR10DVS", "tonic_spec"]
@@ -41,7 +41,8 @@ class _TonicAdapter:
     tonic_name: str
 
     def __init__(self, base):
-        self.__dict__.update({k: getattr(base, k) for k in ("name", "classes", "sensor_size", "default_split")})
+        self.__dict__.update({k: getattr(base, k) for k in ("name", "classes", "sensor_size", "default_split",
+                                                                 "default_val", "val_rule")})
         self._index: dict[Path, tuple[object, int]] = {}
 
     def _open(self, raw_dir: Path, **kwargs):
@@ -83,7 +84,8 @@ class TonicDVSGesture(_TonicAdapter):
     def raw_layout(self, raw_dir: Path) -> str:
         return f"{raw_dir}/DVSGesture/ibmGestureTrain|ibmGestureTest/userNN_<lighting>/<label>.npy (tonic's tree)"
 
-    def recordings(self, raw_dir: Path, split: str = "official") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "official", val: float | None = None
+                   ) -> dict[str, list[Recording]]:
         out = {}
         for split_name, train in (("train", True), ("test", False)):
             ds = self._open(raw_dir, train=train)
@@ -94,7 +96,7 @@ class TonicDVSGesture(_TonicAdapter):
                 name = str(p.relative_to(Path(raw_dir)))
                 recs.append(Recording(p, name, {"user": ds.users[i], "lighting": ds.lighting[i], "label": int(label)}))
             out[split_name] = recs
-        return out
+        return carve_by_user(out, self.default_val if val is None else val, f"ingest.val.{self.name}")
 
     def windows(self, rec: Recording, events: DecodedEvents) -> list[Window]:
         return whole_recording(int(rec.meta["label"]), events)
@@ -120,7 +122,7 @@ class TonicCIFAR10DVS(_TonicAdapter):
     def raw_layout(self, raw_dir: Path) -> str:
         return f"{raw_dir}/CIFAR10DVS/CIFAR10DVS.zip and <class>/<file>.aedat4 (tonic's tree, >= 1000 files)"
 
-    def recordings(self, raw_dir: Path, split: str = "tet") -> dict[str, list[Recording]]:
+    def recordings(self, raw_dir: Path, split: str = "tet", val: float | None = None) -> dict[str, list[Recording]]:
         ds = self._open(raw_dir)
         by_class: dict[int, list[int]] = {}
         for i, label in enumerate(ds.targets):
@@ -139,7 +141,8 @@ class TonicCIFAR10DVS(_TonicAdapter):
                     out[split_name].append(Recording(p, str(p.relative_to(Path(raw_dir))),
                                                      {"label": label, "index": numbers[k]}))
         require_aedat4_decoder([r.path for recs in out.values() for r in recs])  # tonic reads them with `aedat`
-        return out
+        return carve_per_class(out["train"], out["test"], self.default_val if val is None else val,
+                               f"ingest.val.{self.name}")
 
     def windows(self, rec: Recording, events: DecodedEvents) -> list[Window]:
         return whole_recording(int(rec.meta["label"]), events)
