@@ -109,27 +109,30 @@ def test_recording_obeys_the_model_and_generation_is_deterministic(tmp_path):
 
 
 def test_generate_cli_and_ingest_through_the_real_reader(tmp_path, capsys):
+    three = dict(n_samples=60, users=3, test_users=1)  # train side: users 1, 2; the last one (2) is validation
     params = tmp_path / "params.yaml"
-    params.write_text(f"paths:\n  raw_root: {tmp_path / 'raw'}\norbit_digits:\n  n_samples: 40\n  users: 2\n"
-                      "  test_users: 1\n")
+    params.write_text(f"paths:\n  raw_root: {tmp_path / 'raw'}\norbit_digits:\n" +
+                      "".join(f"  {k}: {v}\n" for k, v in three.items()))
     assert generate_main(["orbit_digits", "--params", str(params), "--no-progress", "--workers", "1"]) == 0
     assert "orbit_digits raw files" in capsys.readouterr().out
     assert generate_main(["orbit_digits", "--params", str(params), "--set", "orbit_digits.radius_px=20"]) == 2
     raw, store_path = tmp_path / "raw" / "orbit_digits", tmp_path / "orbit.zarr"
-    spec = get_spec("orbit_digits")
-    ingest(spec, raw, store_path, IngestConfig(chunk_events=4096, shard_events=65536), progress=False)
+    ingest(get_spec("orbit_digits"), raw, store_path, IngestConfig(chunk_events=4096, shard_events=65536),
+           progress=False)
     store = open_event_store(store_path)
     assert store.attrs["dataset"] == "orbit_digits" and store.attrs["classes"] == list(O.CLASSES)
-    plans, labels = O.plan(small())
-    idx = {"train": 0, "test": 0}
-    for rec in O.synthesize(small()):
+    assert {r["user"] for r in store["val"].attrs["recordings"]} == {2}
+    plans, labels = O.plan(O.OrbitDigitsConfig(**three))
+    idx = {"train": 0, "val": 0, "test": 0}
+    for rec in O.synthesize(O.OrbitDigitsConfig(**three)):
+        split = "val" if rec.plan.user == 2 else rec.plan.split
         for w, src in zip(rec.windows, rec.plan.sources):
-            got, label = store[rec.plan.split][idx[rec.plan.split]]
-            idx[rec.plan.split] += 1
+            got, label = store[split][idx[split]]
+            idx[split] += 1
             assert label == w.label == labels[src]
             want = rec.events[(rec.events["t"] >= w.start_us) & (rec.events["t"] < w.end_us)]
             np.testing.assert_array_equal(got["t"], want["t"])
-    assert idx == {"train": 20, "test": 20}
+    assert idx == {"train": 20, "val": 20, "test": 20}
 
 
 # ------------------------------------------------------------------------------------------ config
