@@ -20,7 +20,7 @@ from pipeline.ingest import ingest
 from pipeline.store import open_event_store
 from tests.test_emulator import per_pixel_min_gap
 
-SMALL = dict(n_samples=40, users=2, test_users=1)  # 4 recordings of 10 digits
+SMALL = dict(n_samples=40, users=2, test_users=1, n_orbits=1.0)  # 4 recordings of 10 digits, one revolution each
 
 
 def small(**kw) -> O.OrbitDigitsConfig:
@@ -65,7 +65,7 @@ def _dist(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("phi", [0.3, 4.5])
 def test_whole_orbit_frames_hide_the_direction_and_quarter_orbit_frames_show_it(phi):
-    cfg = small()  # one revolution per sample
+    cfg = small()  # one revolution per sample: T = 1 is a whole one, T = 4 quarters
     whole = _dist(_window_frames(0, 1, phi, cfg), _window_frames(1, 1, phi, cfg))
     cw, ccw = _window_frames(0, 4, phi, cfg), _window_frames(1, 4, phi, cfg)
     quarter = _dist(cw, ccw)

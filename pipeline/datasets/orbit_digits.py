@@ -37,12 +37,17 @@ Physics (positions in sensor pixels, x right, y down; time in µs; angles in rad
     ``D = n_orbits * P`` (tested). Reversing time turns a brightening into a darkening, so it swaps the ON and OFF
     events; but over one whole revolution every pixel returns to its start intensity and emits as many ON as OFF
     events (to within one per threshold), so a frame binned over whole revolutions is the same for both
-    directions (tested). A frame of a quarter revolution holds the digit's leading edge (ON for bright ink) on
-    one side and its trailing edge (OFF) on the other, on one arc of the circle: the direction is explicit
-    (tested). With the emulator's pixel model the sample's ``T`` time bins cover ``n_orbits / T`` revolutions
-    each: T = n_orbits hides the direction (the best possible accuracy is then half the digit accuracy), T =
-    4 * n_orbits shows it; bins in between (a half or three quarters of a revolution) show it partly, through
-    the net displacement and the covered arc only. The calibration of T_s and T_t (README) rests on this.
+    directions (tested: 4 % apart). A frame of a quarter revolution holds the digit's leading edge (ON for bright
+    ink) on one side and its trailing edge (OFF) on the other, on one arc of the circle: the direction is explicit
+    (tested: 50-57 % apart).
+  * What a time bin shows. The sample's ``T`` time bins cover ``f = n_orbits / T`` revolutions each. A bin's
+    net ON - OFF map is the digit at the bin's end minus the digit at its start, displaced by the chord
+    ``2 R sin(pi f)`` and rotated by ``+-2 pi f``: the sign says which end is which, the rotation the direction.
+    At ``f = 1`` the chord is 0 (direction hidden: at best half the digit accuracy); at ``f = 1/2`` both
+    directions join the same two points (only the covered arc tells them apart); near 1/4 and 3/4 the chord is
+    ``sqrt(2) R``. Calibrated (README, baseline only, validation): the default ``n_orbits = 1.625`` with
+    ``T_s = 2`` gives bins of 13/16 revolution (chord 0.38 R = 1.5 px: the direction is faint), ``T_t = 4``
+    bins of 13/32 revolution (chord 1.92 R = 7.7 px: explicit).
   * Camera: `pipeline.emulator` with digits_dvs's sensor choices (one sensor per dataset: thresholds
     ``N(threshold_mean, threshold_std)`` clipped at ``threshold_min`` from ``default_rng([seed, 1])``; shot noise
     at the condition's ``noise_hz`` from ``default_rng([seed, 2, recording])``; ``refractory_us``).
@@ -92,7 +97,7 @@ class OrbitDigitsConfig:
     oversample: int = 4  # canvas samples per sensor pixel
     radius_px: float = 4.0  # orbit radius R, pixels
     orbit_us: int = 200_000  # one revolution P, µs
-    n_orbits: float = 1.0  # revolutions per sample (the window); n_orbits * orbit_us is a multiple of dt_us
+    n_orbits: float = 1.625  # revolutions per sample (the window); n_orbits * orbit_us is a multiple of dt_us
     gap_us: int = 20_000  # rest after each digit appears (and blank lead/tail)
     dt_us: int = 1000  # scene sampling step
     threshold_mean: float = 0.2  # log-intensity contrast threshold
