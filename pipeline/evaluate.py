@@ -1,10 +1,13 @@
 """Stage: accuracy of a trained run at several inference T, firing rates, and a synaptic-operation estimate.
 
-    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64] [--device auto|cpu|cuda]
+    python -m pipeline.evaluate <run dir> [--T 1 2 4 8 16] [--batch-size 64] [--device auto|cpu|cuda] [--split val]
 
-The test split of the run's event store is rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
+The run's selected model (`pipeline.runs.load_run`: the epoch ``train.select`` chose on validation) is scored on
+the test split of the run's event store, rebinned on the fly at each T (`pipeline.data.RebinView`, the run's
 binning parameters; no caches are written). T defaults to params.yaml ``evaluate.T`` plus the run's T_s and T_t.
 Writes ``<run>/eval.json``, ``<run>/eval.csv`` (one row per T) and ``<run>/accuracy_vs_T.png``.
+``--split val`` scores the validation split instead (for calibration and tuning, which must never read test):
+``val_acc`` columns in ``<run>/eval_val.json``, ``eval_val.csv`` and ``accuracy_vs_T_val.png``.
 
 Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
 (multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
@@ -61,14 +64,18 @@ class _OpCounter:
 
 
 @torch.no_grad()
-def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu") -> list[dict]:
-    """Accuracy, firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) at each T."""
+def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64, device: str = "cpu",
+                 split: str = "test") -> list[dict]:
+    """Accuracy (``<split>_acc``), firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`)
+    on ``split`` (test, or val) at each T."""
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     store = open_event_store(ckpt["store_path"])
     if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set
         raise StoreError(f"{ckpt['store_path']}: event store {store.store_id[:12]}… is not the one this run was "
                          f"trained on ({ckpt['store_id'][:12]}…); re-train, or restore that store")
-    test = store["test"]
+    if split not in store.splits:
+        raise StoreError(f"{ckpt['store_path']} has no {split} split (ingested with ingest.val = 0)")
+    test = store[split]
     rows = []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
@@ -81,26 +88,26 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
                 rates[k] = rates.get(k, 0.0) + v * len(y)
             n += len(y)
         counter.close()
-        rows.append({"T": T, "test_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
+        rows.append({"T": T, f"{split}_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
                      "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
                      "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
                      "rates": {k: v / max(n, 1) for k, v in rates.items()}})
-        print(f"T={T:>3}: test acc {rows[-1]['test_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
+        print(f"T={T:>3}: {split} acc {rows[-1][f'{split}_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
               f"mean firing rate {rows[-1]['mean_rate']:.4f}")
     return rows
 
 
-def _plot(rows: list[dict], title: str, out: Path) -> None:
+def _plot(rows: list[dict], title: str, out: Path, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([r["T"] for r in rows], [100 * r["test_acc"] for r in rows], "o-")
+    ax.plot([r["T"] for r in rows], [100 * r[f"{split}_acc"] for r in rows], "o-")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("inference timesteps T")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"{split} accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--T", type=int, nargs="+", help="inference timesteps (default: evaluate.T + the run's T_s, T_t)")
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="val: score the validation split (eval_val.*), for tuning that must not read test")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true", help="accepted for symmetry with the other stages")
@@ -134,28 +143,31 @@ def main(argv: list[str] | None = None) -> int:
     Ts = args.T or sorted(set(cfg.T) | {run_cfg["T_s"], T_t})
     try:
         check_writable(args.run_dir, "evaluation (eval.json, eval.csv, accuracy_vs_T.png)")  # before minutes of work
-        rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device)
-        _write_outputs(rows, args.run_dir)
+        rows = evaluate_run(net, ckpt, Ts, args.batch_size or cfg.batch_size, device, args.split)
+        _write_outputs(rows, args.run_dir, args.split)
     except StoreError as err:
         print(f"error: {err}\nnothing was written.", file=sys.stderr)
         return 1
-    print(f"wrote {args.run_dir / 'eval.json'}, eval.csv, accuracy_vs_T.png")
+    suffix = "" if args.split == "test" else f"_{args.split}"
+    print(f"wrote {args.run_dir / f'eval{suffix}.json'}, eval{suffix}.csv, accuracy_vs_T{suffix}.png")
     return 0
 
 
-def _write_outputs(rows: list[dict], run_dir: Path) -> None:
-    """eval.json, eval.csv and the plot, each atomically; a full disk is a DiskFullError naming the file."""
+def _write_outputs(rows: list[dict], run_dir: Path, split: str = "test") -> None:
+    """eval.json, eval.csv and the plot (``eval_val.*``, ``accuracy_vs_T_val.png`` for the val split), each
+    atomically; a full disk is a DiskFullError naming the file."""
+    sfx = "" if split == "test" else f"_{split}"
     text = json.dumps(rows, indent=2) + "\n"
-    with writing("evaluation", run_dir / "eval.json", len(text)):
-        write_atomic(run_dir / "eval.json", text)
+    with writing("evaluation", run_dir / f"eval{sfx}.json", len(text)):
+        write_atomic(run_dir / f"eval{sfx}.json", text)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, ["T", "test_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
+    w = csv.DictWriter(buf, ["T", f"{split}_acc", "sops_per_sample", "first_layer_macs_per_sample", "mean_rate"])
     w.writeheader()
     w.writerows({k: r[k] for k in w.fieldnames} for r in rows)
-    with writing("evaluation table", run_dir / "eval.csv", len(buf.getvalue())):
-        write_atomic(run_dir / "eval.csv", buf.getvalue())
-    with writing("accuracy plot", run_dir / "accuracy_vs_T.png"):
-        _plot(rows, f"{run_dir.parent.name} / {run_dir.name}", run_dir / "accuracy_vs_T.png")
+    with writing("evaluation table", run_dir / f"eval{sfx}.csv", len(buf.getvalue())):
+        write_atomic(run_dir / f"eval{sfx}.csv", buf.getvalue())
+    with writing("accuracy plot", run_dir / f"accuracy_vs_T{sfx}.png"):
+        _plot(rows, f"{run_dir.parent.name} / {run_dir.name}{sfx}", run_dir / f"accuracy_vs_T{sfx}.png", split)
 
 
 if __name__ == "__main__":

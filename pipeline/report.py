@@ -60,21 +60,21 @@ def render_markdown(main_runs: dict, study: dict) -> str:
     for ds, runs in main_runs.items():
         Ts = sorted({T for m in runs.values() for T in m["eval"]})
         lines += [f"## {ds}", "",
-                  "| method | arch | T_s | T_t | epochs | test acc @T_s | test acc @T_t | best @T_s (epoch) | "
-                  + " | ".join(f"acc @T={T}" for T in Ts) + " | deploy params | train time (s) |",
-                  "|" + "---|" * (10 + len(Ts))]
+                  "| method | arch | T_s | T_t | epochs | selected epoch (val acc @T_s) | test acc @T_s | "
+                  "test acc @T_t | " + " | ".join(f"acc @T={T}" for T in Ts) + " | deploy params |",
+                  "|" + "---|" * (9 + len(Ts))]
         for method in _order(runs):
             m = runs[method]
             lines.append(
                 f"| {method} | {m['arch']} | {m['T_s']} | {m['T_t'] if method in ('tsd', 'tssd') else '–'} | "
-                f"{m['epochs']} | {_pct(m['test_acc_Ts'])} | {_pct(m['test_acc_Tt'])} | "
-                f"{_pct(m['best_test_acc_Ts'])} ({m['best_epoch']}) | "
+                f"{m['epochs']} | {m.get('selected_epoch')} ({m.get('select')}, {_pct(m.get('val_acc_Ts'))}) | "
+                f"{_pct(m['test_acc_Ts'])} | {_pct(m['test_acc_Tt'])} | "
                 + " | ".join(_pct(m["eval"].get(T)) for T in Ts)
-                + f" | {m['deploy_params']:,} | {m['wall_time_s']} |")
+                + f" | {m['deploy_params']:,} |")
         lines += ["", f"![accuracy vs T]({ds}_accuracy_vs_T.png) ![test accuracy per epoch]({ds}_history.png)", ""]
     for ds, runs in study.items():
         lines += [f"## {ds} — study (mean ± std over seeds)", "",
-                  "| method | seeds | test acc @T_s | test acc @T_t | train time (s) |", "|---|---|---|---|---|"]
+                  "| method | seeds | val acc @T_s | test acc @T_s | test acc @T_t |", "|---|---|---|---|---|"]
         for method in _order(runs):
             ms = runs[method]
 
@@ -85,8 +85,8 @@ def render_markdown(main_runs: dict, study: dict) -> str:
                 sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
                 return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
-            lines.append(f"| {method} | {len(ms)} | {ms_std('test_acc_Ts')} | {ms_std('test_acc_Tt')} | "
-                         f"{statistics.mean(m['wall_time_s'] for m in ms):.1f} |")
+            lines.append(f"| {method} | {len(ms)} | {ms_std('val_acc_Ts')} | {ms_std('test_acc_Ts')} | "
+                         f"{ms_std('test_acc_Tt')} |")
         lines.append("")
     if not main_runs and not study:
         lines.append("No runs found.")

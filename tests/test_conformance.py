@@ -562,7 +562,9 @@ def test_dvs_gesture_samples_match_spikingjelly_split(sj, tmp_path):
     write_trials(root, ["user01_fluorescent", "user02_led"], ["user03_natural"])
 
     store_path = tmp_path / "ev.zarr"
-    attrs = ingest(get_spec("dvs_gesture"), ext, store_path, IngestConfig(chunk_events=1024, shard_events=8192),
+    # val 0: SpikingJelly knows the official train / test lists only (no validation carved from train)
+    attrs = ingest(get_spec("dvs_gesture"), ext, store_path, IngestConfig(chunk_events=1024, shard_events=8192,
+                                                                          val={"dvs_gesture": 0}),
                    progress=False)
     store = open_event_store(store_path)
     sj_root = tmp_path / "sj"

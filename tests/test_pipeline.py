@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_digits_end_to_end(tmp_path, monkeypatch):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"] = {k: str(tmp_path / v.split("/", 1)[1]) for k, v in params["paths"].items()}
-    params["digits_dvs"].update(n_samples=500, users=10, test_users=2)
+    # 25 digits per recording; 12 users: 2 test, ceil(0.15 x 10) = 2 val, 8 train (400 samples, as before val)
+    params["digits_dvs"].update(n_samples=600, users=12, test_users=2)
     params["train"].update(epochs=3, batch_size=16)
     params["evaluate"]["T"] = [1, 8]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -41,7 +42,7 @@ def test_tiny_digits_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "report" / "digits_dvs_accuracy_vs_T.png").exists()
     # bin --for-training built exactly what train opened (evaluate rebins on the fly): nothing appeared afterwards
     frames = sorted(p.name for p in (Path(params["paths"]["frames_root"]) / "digits_dvs").iterdir())
-    assert len(frames) == 2 * 2 and all(f.split("-")[1] in ("T2", "T4") for f in frames)
+    assert len(frames) == 3 * 2 and all(f.split("-")[1] in ("T2", "T4") for f in frames)  # train, val, test
 
 
 def test_dvc_repro_dry_lists_every_stage():

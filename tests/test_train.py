@@ -156,3 +156,91 @@ def test_load_run_rebuilds_a_checkpoint_written_before_build_model_took_model_ar
     assert ckpt["model_args"] == model_args and net.weak_stages == ()
     x = torch.rand(4, 3, 2, 16, 16)
     assert torch.equal(net(x).logits, trained.deploy()(x).logits)
+
+
+# ------------------------------------------------------------------------------------------ the protocol
+def _permute_test_labels(root: Path) -> None:
+    """Rewrite the test user's label csv with every class shifted by one: the test split's labels change, the
+    training and validation recordings stay byte-identical."""
+    csv = root / "user05_lab_labels.csv"
+    lines = csv.read_text().splitlines()
+    rows = [f"{int(c) % 4 + 1},{a},{b}" for c, a, b in (line.split(",") for line in lines[1:])]
+    csv.write_text("\r\n".join([lines[0], *rows]) + "\r\n")
+
+
+def test_selection_reads_validation_never_test(tmp_path):
+    """best_val picks the epoch of highest val accuracy; on a store whose test labels are permuted the same run
+    selects the same epoch and ends with the same weights: no choice reads test."""
+    from pipeline.runs import load_run
+    from pipeline.store import open_event_store
+
+    stores = {}
+    for name in ("a", "b"):
+        root = make_learnable_tree(tmp_path / f"raw-{name}")
+        if name == "b":
+            _permute_test_labels(root)
+        stores[name] = tmp_path / f"{name}.zarr"
+        ingest(get_spec("dvs_gesture"), root, stores[name], IngestConfig(), progress=False)
+    sa, sb = (open_event_store(stores[n]) for n in "ab")
+    assert sa.attrs["validation"]["users"] == [4] and sa.store_id != sb.store_id
+    assert (sa["test"].labels != sb["test"].labels).all() and (sa["val"].labels == sb["val"].labels).all()
+    runs = {}
+    for name in ("a", "b"):
+        out = tmp_path / f"run-{name}"
+        assert _train(stores[name], out, "--method", "baseline", "--epochs", "4", "--set", "train.select=best_val",
+                      "--set", "train.lr=0.3") == 0
+        runs[name] = (json.loads((out / "metrics.json").read_text()),
+                      torch.load(out / "checkpoint.pt", weights_only=False))
+    (ma, ca), (mb, cb) = runs["a"], runs["b"]
+    val = [r["val_acc"] for r in ca["history"]]
+    assert ma["selected_epoch"] == val.index(max(val)) + 1 == mb["selected_epoch"] == cb["selected_epoch"]
+    assert [r["val_acc"] for r in cb["history"]] == val
+    assert [r["test_acc"] for r in cb["history"]] != [r["test_acc"] for r in ca["history"]]
+    for k, v in ca["model"].items():
+        assert torch.equal(v, cb["model"][k]), k
+    # the selected weights are deployed and scored once: the history's scores of that epoch, measured again
+    row = ca["history"][ma["selected_epoch"] - 1]
+    assert (ma["val_acc_Ts"], ma["test_acc_Ts"], ma["test_acc_Tt"]) == (row["val_acc"], row["test_acc"],
+                                                                          row["test_acc_teacher"])
+    assert (ca["selected_model"] is None) == (ma["selected_epoch"] == 4)
+    net, _ = load_run(tmp_path / "run-a")
+    want = ca["model"] if ca["selected_model"] is None else ca["selected_model"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    assert not {"best_acc", "best_epoch", "wall_s"} & set(ca) and "best_test_acc_Ts" not in ma
+
+
+def test_last_is_the_default_and_a_rerun_is_bit_identical(store, tmp_path):
+    """select=last deploys the last epoch; two runs of the same config write byte-identical tracked outputs
+    (checkpoint, history, metrics, evaluation): every wall-clock value is in timings.json only."""
+    from pipeline import evaluate
+
+    runs = [tmp_path / name / "dvs_gesture" / "tssd" for name in "ab"]  # the plot's title names the last two
+    for run in runs:
+        assert _train(store, run, "--method", "tssd", "--epochs", "2") == 0
+        assert evaluate.main([str(run), "--T", "2", "4", "--no-progress"]) == 0
+    for f in ("checkpoint.pt", "history.csv", "metrics.json", "eval.json", "eval.csv", "accuracy_vs_T.png"):
+        assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes(), f
+    runs[0].rename(tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["select"] == "last" and m["selected_epoch"] == 2 and 0 <= m["val_acc_Ts"] <= 1
+    assert not [k for k in m if "time" in k or "wall" in k or "second" in k or k.endswith("_s") and k != "T_s"], m
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert header == train_mod.HISTORY_FIELDS and "epoch_s" not in header and "val_acc" in header
+    t = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert len(t["epoch_s"]) == 2 and t["wall_time_s"] >= 0
+    assert evaluate.main([str(tmp_path / "run"), "--T", "4", "--split", "val", "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "run" / "eval_val.json").read_text())
+    assert [r["T"] for r in rows] == [4] and 0 <= rows[0]["val_acc"] <= 1 and "test_acc" not in rows[0]
+    assert (tmp_path / "run" / "eval_val.csv").read_text().startswith("T,val_acc,")
+
+
+def test_best_val_needs_a_validation_split(tmp_path, capsys):
+    root = make_learnable_tree(tmp_path / "raw")
+    out = tmp_path / "noval.zarr"
+    ingest(get_spec("dvs_gesture"), root, out, IngestConfig(val={"dvs_gesture": 0}), progress=False)
+    assert _train(out, tmp_path / "run", "--epochs", "1", "--set", "train.select=best_val") == 2
+    assert "has no validation split" in capsys.readouterr().err
+    assert _train(out, tmp_path / "run", "--epochs", "1") == 0  # select=last works without one
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["val_acc_Ts"] is None and m["test_acc_Ts"] is not None
