@@ -16,6 +16,7 @@ MODULES = {
     "dvs_gesture": "pipeline.datasets.dvs_gesture",
     "cifar10_dvs": "pipeline.datasets.cifar10_dvs",
     "digits_dvs": "pipeline.datasets.digits_dvs",
+    "orbit_digits": "pipeline.datasets.orbit_digits",
     "recordings": "pipeline.datasets.recordings",
 }
 

@@ -64,7 +64,7 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -93,6 +93,10 @@ __all__ = [
     "emulate_recording",
     "SynthRecording",
     "synthesize",
+    "check_common",
+    "render_digits",
+    "check_images8",
+    "run_plans",
 ]
 
 CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -111,13 +115,49 @@ class Condition:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.background < 1.0:
-            raise ConfigError(f"digits_dvs condition background = {self.background!r}; must be in (0, 1)")
+            raise ConfigError(f"condition background = {self.background!r}; must be in (0, 1)")
         if self.noise_hz < 0:
-            raise ConfigError(f"digits_dvs condition noise_hz = {self.noise_hz!r}; must be >= 0")
+            raise ConfigError(f"condition noise_hz = {self.noise_hz!r}; must be >= 0")
 
 
-def _default_conditions() -> dict[str, Condition]:
+def default_conditions() -> dict[str, Condition]:
     return {"lab": Condition(background=0.3, noise_hz=5.0), "natural": Condition(background=0.5, noise_hz=15.0)}
+
+
+def check_common(cfg, section: str, travel_px: float, motion_steps_us: dict[str, int]) -> None:
+    """The checks every emulated-digits config shares (digits_dvs, orbit_digits): users and splits, the digit
+    partition, the sensor, the scene timeline and the pixel model. ``travel_px`` is how far the digit moves from
+    its rest corner (the digit plus it must fit the sensor); ``motion_steps_us`` names the motion's durations,
+    each a positive multiple of ``dt_us``. Raises ConfigError ``"<section>: ..."``."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{section}: {msg}")
+
+    need(len(cfg.conditions) >= 1, "conditions must name at least one condition")
+    for name, cond in cfg.conditions.items():
+        need(isinstance(name, str) and bool(_CONDITION_NAME.match(name)),
+             f"condition name {name!r} must match {_CONDITION_NAME.pattern} (it is part of file names)")
+        need(isinstance(cond, Condition), f"conditions.{name} must be a Condition")
+    need(2 <= cfg.users <= 999, f"users = {cfg.users}; must be in 2..999")
+    need(1 <= cfg.test_users < cfg.users, f"test_users = {cfg.test_users}; must be in 1..users-1")
+    n_rec = cfg.users * len(cfg.conditions)
+    need(n_rec <= cfg.n_samples <= N_SOURCE,
+         f"n_samples = {cfg.n_samples}; must be in {n_rec}..{N_SOURCE} (one digit per recording at least)")
+    need(cfg.sensor >= 8, f"sensor = {cfg.sensor}; must be >= 8")
+    need(cfg.digit_px >= 4, f"digit_px = {cfg.digit_px}; must be >= 4")
+    need(cfg.digit_px + travel_px <= cfg.sensor,
+         f"digit_px + {travel_px} px of travel = {cfg.digit_px + travel_px} exceeds the sensor ({cfg.sensor})")
+    need(cfg.oversample >= 1, f"oversample = {cfg.oversample}; must be >= 1")
+    steps = ", ".join(f"{k} ({v})" for k, v in motion_steps_us.items())
+    need(cfg.dt_us >= 1 and all(v % cfg.dt_us == 0 for v in motion_steps_us.values()) and cfg.gap_us % cfg.dt_us == 0,
+         f"{steps} and gap_us ({cfg.gap_us}) must be multiples of dt_us ({cfg.dt_us})")
+    need(all(v > 0 for v in motion_steps_us.values()), f"{steps} must be positive")
+    need(cfg.refractory_us >= 0, f"refractory_us = {cfg.refractory_us}; must be >= 0")
+    need(cfg.gap_us > cfg.dt_us + cfg.refractory_us,
+         f"gap_us ({cfg.gap_us}) must exceed dt_us + refractory_us so a digit's flash settles before motion")
+    need(cfg.threshold_mean > 0 and cfg.threshold_std >= 0 and cfg.threshold_min > 0,
+         "threshold_mean and threshold_min must be > 0, threshold_std >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +168,7 @@ class DigitsDVSConfig:
     n_samples: int = 1797  # digits used (a class-balanced subset when < 1797)
     users: int = 30  # recordings per user = len(conditions)
     test_users: int = 6  # the last test_users users are the test split
-    conditions: dict[str, Condition] = dataclasses.field(default_factory=_default_conditions)
+    conditions: dict[str, Condition] = dataclasses.field(default_factory=default_conditions)
     sensor: int = 32  # square sensor, pixels per side
     digit_px: int = 18  # digit size on the sensor, pixels
     oversample: int = 4  # canvas samples per sensor pixel
@@ -143,33 +183,11 @@ class DigitsDVSConfig:
     refractory_us: int = 1000
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"digits_dvs: {msg}")
-
-        need(len(self.conditions) >= 1, "conditions must name at least one condition")
-        for name, cond in self.conditions.items():
-            need(isinstance(name, str) and bool(_CONDITION_NAME.match(name)),
-                 f"condition name {name!r} must match {_CONDITION_NAME.pattern} (it is part of file names)")
-            need(isinstance(cond, Condition), f"conditions.{name} must be a Condition")
-        need(2 <= self.users <= 999, f"users = {self.users}; must be in 2..999")
-        need(1 <= self.test_users < self.users, f"test_users = {self.test_users}; must be in 1..users-1")
-        n_rec = self.users * len(self.conditions)
-        need(n_rec <= self.n_samples <= N_SOURCE,
-             f"n_samples = {self.n_samples}; must be in {n_rec}..{N_SOURCE} (one digit per recording at least)")
-        need(self.sensor >= 8, f"sensor = {self.sensor}; must be >= 8")
-        need(self.digit_px >= 4 and self.saccade_px >= 0, "digit_px must be >= 4 and saccade_px >= 0")
-        need(self.digit_px + self.saccade_px <= self.sensor,
-             f"digit_px + saccade_px = {self.digit_px + self.saccade_px} exceeds the sensor ({self.sensor})")
-        need(self.oversample >= 1, f"oversample = {self.oversample}; must be >= 1")
-        need(self.dt_us >= 1 and self.saccade_us % self.dt_us == 0 and self.gap_us % self.dt_us == 0,
-             f"saccade_us ({self.saccade_us}) and gap_us ({self.gap_us}) must be multiples of dt_us ({self.dt_us})")
-        need(self.saccade_us > 0 and self.n_saccades >= 1, "saccade_us and n_saccades must be positive")
-        need(self.refractory_us >= 0, f"refractory_us = {self.refractory_us}; must be >= 0")
-        need(self.gap_us > self.dt_us + self.refractory_us,
-             f"gap_us ({self.gap_us}) must exceed dt_us + refractory_us so a digit's flash settles before motion")
-        need(self.threshold_mean > 0 and self.threshold_std >= 0 and self.threshold_min > 0,
-             "threshold_mean and threshold_min must be > 0, threshold_std >= 0")
+        check_common(self, "digits_dvs", self.saccade_px, {"saccade_us": self.saccade_us})
+        if not (self.digit_px >= 4 and self.saccade_px >= 0):
+            raise ConfigError("digits_dvs: digit_px must be >= 4 and saccade_px >= 0")
+        if self.n_saccades < 1:
+            raise ConfigError("digits_dvs: saccade_us and n_saccades must be positive")
 
     @property
     def sensor_size(self) -> SensorSize:
@@ -197,7 +215,7 @@ class DigitsDVS(DVSGesture):
 
     def raw_layout(self, raw_dir: Path) -> str:
         return (f"{raw_dir}/trials_to_train.txt, trials_to_test.txt, userNN_<condition>.aedat and "
-                f"userNN_<condition>_labels.csv -- generate them with `python -m pipeline.generate digits_dvs`")
+                f"userNN_<condition>_labels.csv -- generate them with `python -m pipeline.generate {self.name}`")
 
     @staticmethod
     def _root(raw_dir: Path) -> Path:
@@ -208,26 +226,26 @@ class DigitsDVS(DVSGesture):
         """DVS-Gesture's rule: the trials lists give train / test, then the last training users (``val``, default
         0.15: ceil(0.15 x 24) = 4, users 21..24 of the default 24 training users) become the validation split."""
         if split not in self.split_schemes:
-            raise ValueError(f"digits_dvs has one split scheme, 'official' (users held out); got {split!r}")
+            raise ValueError(f"{self.name} has one split scheme, 'official' (users held out); got {split!r}")
         if not (Path(raw_dir) / "trials_to_train.txt").is_file():
-            raise MissingRawDataError(f"{raw_dir} holds no generated digits_dvs. Expected {self.raw_layout(raw_dir)}.")
+            raise MissingRawDataError(f"{raw_dir} holds no generated {self.name}. Expected {self.raw_layout(raw_dir)}.")
         return super().recordings(raw_dir, split, val)
 
 
-    def for_raw(self, raw_dir: Path) -> "DigitsDVS":
-        """The spec of the dataset generated in ``raw_dir``: its sensor size is read from ``digits_dvs.json``
+    def for_raw(self, raw_dir: Path) -> DigitsDVS:
+        """The spec of the dataset generated in ``raw_dir``: its sensor size is read from ``<name>.json``
         (so a `--set digits_dvs.sensor=48` generation is ingested at 48x48, not rejected as out of sensor)."""
-        meta = Path(raw_dir) / "digits_dvs.json"
+        meta = Path(raw_dir) / f"{self.name}.json"
         if not meta.is_file():
             return self
         try:
             sensor = int(json.loads(meta.read_text())["config"]["sensor"])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise RawDataError(meta, f"malformed generator record, no integer config.sensor ({type(err).__name__}: "
-                                     f"{err}); regenerate with `python -m pipeline.generate digits_dvs`") from None
+                                     f"{err}); regenerate with `python -m pipeline.generate {self.name}`") from None
         if sensor <= 0:
             raise RawDataError(meta, f"config.sensor = {sensor} must be a positive pixel count")
-        return DigitsDVS(SensorSize(sensor, sensor, 2))
+        return type(self)(SensorSize(sensor, sensor, 2))
 
 
 def spec_for(cfg: DigitsDVSConfig) -> DigitsDVS:
@@ -332,11 +350,12 @@ def _scene_steps(sched: Schedule, cfg: DigitsDVSConfig) -> tuple[np.ndarray, np.
     return image, np.ascontiguousarray(pos[:, 0]), np.ascontiguousarray(pos[:, 1])
 
 
-def _canvases(images8: np.ndarray, background: float, cfg: DigitsDVSConfig) -> np.ndarray:
-    """Log-intensity canvases float64 (n + 1, S*sensor, S*sensor): index 0 blank, i + 1 digit i."""
-    s, side = cfg.oversample, cfg.sensor * cfg.oversample
-    origin = (cfg.sensor - cfg.digit_px - cfg.saccade_px) / 2.0  # digit's top-left at rest offset (0, 0)
-    scale = cfg.digit_px / 8.0
+def render_digits(images8: np.ndarray, background: float, sensor: int, digit_px: int, oversample: int,
+                  origin: float) -> np.ndarray:
+    """Log-intensity canvases float64 (n + 1, S*sensor, S*sensor), ``S = oversample``: index 0 blank, i + 1 digit
+    i, its top-left corner at ``(origin, origin)`` sensor pixels (see the module docstring for the ink model)."""
+    s, side = oversample, sensor * oversample
+    scale = digit_px / 8.0
     c = (np.arange(side) + 0.5) / s  # canvas sample positions, sensor pixels
     u = (c - origin) / scale - 0.5 + 2  # source pixel coordinate in the 2-padded 8x8 image
     uu, vv = np.meshgrid(u, u, indexing="ij")  # (row, col)
@@ -350,13 +369,25 @@ def _canvases(images8: np.ndarray, background: float, cfg: DigitsDVSConfig) -> n
     return out
 
 
+def _canvases(images8: np.ndarray, background: float, cfg: DigitsDVSConfig) -> np.ndarray:
+    """`render_digits` with the digit's top-left at rest offset (0, 0)."""
+    origin = (cfg.sensor - cfg.digit_px - cfg.saccade_px) / 2.0
+    return render_digits(images8, background, cfg.sensor, cfg.digit_px, cfg.oversample, origin)
+
+
+def check_images8(images8: np.ndarray) -> np.ndarray:
+    """``images8`` as float64 (n >= 1, 8, 8); ValueError otherwise."""
+    images8 = np.asarray(images8, np.float64)
+    if images8.ndim != 3 or images8.shape[1:] != (8, 8) or len(images8) == 0:
+        raise ValueError(f"images8 must be (n >= 1, 8, 8), got shape {images8.shape}")
+    return images8
+
+
 # ------------------------------------------------------------------------------------------ recordings
 def emulate_recording(images8: np.ndarray, condition: Condition, thresholds: tuple[np.ndarray, np.ndarray],
                       cfg: DigitsDVSConfig, rng: np.random.Generator) -> tuple[np.ndarray, Schedule]:
     """One recording presenting ``images8`` (n, 8, 8) in [0, 1] in order. Returns (sorted events, schedule)."""
-    images8 = np.asarray(images8, np.float64)
-    if images8.ndim != 3 or images8.shape[1:] != (8, 8) or len(images8) == 0:
-        raise ValueError(f"images8 must be (n >= 1, 8, 8), got shape {images8.shape}")
+    images8 = check_images8(images8)
     sched = schedule(len(images8), cfg)
     image, dx, dy = _scene_steps(sched, cfg)
     scene = emulator.Scene(_canvases(images8, condition.background, cfg), image, dx, dy, cfg.oversample, cfg.dt_us)
@@ -386,10 +417,17 @@ def synthesize(cfg: DigitsDVSConfig, workers: int = 1) -> Iterator[SynthRecordin
     run recordings concurrently; the result does not depend on ``workers``."""
     plans = plan_recordings(cfg)
     thresholds = draw_thresholds(cfg)
+    return run_plans(plans, lambda pl: _synth_one(pl, cfg, thresholds), workers)
+
+
+def run_plans(plans: list[RecordingPlan], one: Callable[[RecordingPlan], SynthRecording],
+              workers: int = 1) -> Iterator[SynthRecording]:
+    """``one(plan)`` for every plan, yielded in plan order, on ``workers`` threads (the emulator's kernels
+    release the GIL); the result does not depend on ``workers``."""
     load_source()
     if workers <= 1:
         for plan in plans:
-            yield _synth_one(plan, cfg, thresholds)
+            yield one(plan)
         return
     with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(lambda pl: _synth_one(pl, cfg, thresholds), plans)
+        yield from pool.map(one, plans)

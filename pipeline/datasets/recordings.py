@@ -90,7 +90,7 @@ CAMERAS = (("dvs128", (128, 128)), ("dvs132s", (132, 104)), ("davis128", (128, 1
 UNLABELED = "unlabeled"
 _JSON_KEYS = ("classes", "sensor_size", "csv_time")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_RESERVED = ("dvs_gesture", "cifar10_dvs", "digits_dvs")
+_RESERVED = ("dvs_gesture", "cifar10_dvs", "digits_dvs", "orbit_digits")
 _HEAD_BYTES = 1 << 20
 READER_VERSION = "recordings/1"
 
