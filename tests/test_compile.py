@@ -35,6 +35,6 @@ def test_compiled_training_step_matches_eager() -> None:
 
 
 def test_train_config_has_compile_off_by_default() -> None:
-    from pipeline.config import TrainConfig
+    from pipeline.runs import TrainConfig
 
     assert TrainConfig().compile is False
