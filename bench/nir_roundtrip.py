@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.neurons import LIF  # noqa: E402
 from models.nir_export import to_nir  # noqa: E402
-from pipeline.config import BinConfig  # noqa: E402
+from pipeline.frames import BinConfig  # noqa: E402
 from pipeline.data import MultiViewDataset, RebinView  # noqa: E402
 from pipeline.frames import Binning  # noqa: E402
 from pipeline.runs import load_run  # noqa: E402
