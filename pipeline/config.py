@@ -111,7 +111,7 @@ class TrainConfig:
     """`pipeline.train` (per-dataset values come from ``recipes.<name>.train``). The defaults are params.yaml's
     (tested), so code that builds a config without the file gets what `make repro` runs."""
 
-    method: str = "tssd"  # baseline | tsd | ssd | tssd
+    method: str = "tssd"  # baseline | multi_T | tsd | ssd | tssd
     arch: str = "small"  # small | gesture_net | vggsnn
     T_s: int = 2  # student timesteps (inference cost)
     T_t: int | None = 4  # teacher timesteps; null = 2 * T_s
@@ -125,8 +125,14 @@ class TrainConfig:
     seed: int = 0
     alpha: float = 1.0  # weight of the temporal self-distillation term
     beta: float = 1.0  # weight of the spatial self-distillation term
-    gamma: float = 0.0  # weight of the weak classifier's own task loss
+    teacher_ce: float = 1.0  # weight of the teacher run's own task loss (0: the paper's formula as written)
+    weak_ce: float = 0.0  # weight of the weak classifier's own task loss (was `gamma`)
     tau_kd: float = 2.0  # distillation temperature
+    kd_on: str = "mean"  # mean (time-averaged logits) | per_step (each student step vs the teacher steps it spans)
+    bn_stats: str = "student"  # student (teacher pass: batch stats, running stats untouched) | shared | per_T
+    teacher_input: str = "rebin"  # rebin (the events in T_t bins) | repeat (each T_s frame held T_t/T_s steps)
+    weak_head: str = "bottleneck"  # bottleneck (BYOT conv-BN-LIF x2, GAP, linear) | gap_linear
+    ssd_target: str = "student"  # student | teacher: whose final output the weak classifier is distilled to
     task_loss: str = "ce"  # ce (on time-averaged logits) | tet (per-timestep, TET)
     tet_lambda: float = 0.0
     teacher_grad: bool = False  # does the temporal KD term's gradient reach the teacher run?
@@ -140,14 +146,22 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
+    #: keys that were renamed: a params file that still uses one gets an error naming the new key
+    RENAMED: typing.ClassVar[dict[str, str]] = {"gamma": "weak_ce"}
+
     def __post_init__(self) -> None:
-        _choice("train.method", self.method, ("baseline", "tsd", "ssd", "tssd"))
+        _choice("train.method", self.method, ("baseline", "multi_T", "tsd", "ssd", "tssd"))
+        _choice("train.kd_on", self.kd_on, ("mean", "per_step"))
+        _choice("train.bn_stats", self.bn_stats, ("student", "shared", "per_T"))
+        _choice("train.teacher_input", self.teacher_input, ("rebin", "repeat"))
+        _choice("train.weak_head", self.weak_head, ("bottleneck", "gap_linear"))
+        _choice("train.ssd_target", self.ssd_target, ("student", "teacher"))
         _choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
         _choice("train.schedule", self.schedule, ("cosine", "constant"))
         _choice("train.task_loss", self.task_loss, ("ce", "tet"))
         if self.T_s <= 0 or (self.T_t is not None and self.T_t <= 0) or self.epochs < 0 or self.batch_size <= 0:
             raise ConfigError("train.T_s, T_t, batch_size must be positive and epochs >= 0")
-        for key in ("lr", "weight_decay", "alpha", "beta", "gamma", "tet_lambda"):
+        for key in ("lr", "weight_decay", "alpha", "beta", "teacher_ce", "weak_ce", "tet_lambda"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} = {getattr(self, key)} must be >= 0")
         if self.tau_kd <= 0:
@@ -162,6 +176,30 @@ class TrainConfig:
         if self.teacher_T <= self.T_s:
             raise ConfigError(f"train.T_t = {self.teacher_T} must exceed train.T_s = {self.T_s}: the teacher is the "
                               "same network run for more timesteps (set both, or T_t: null for 2 * T_s)")
+        self._check_method_switches()
+
+    def _check_method_switches(self) -> None:
+        """The TSSD switches that only some methods read: refuse the combinations that cannot mean anything."""
+        teacher = self.method in ("multi_T", "tsd", "tssd")
+        if self.method == "ssd" and self.ssd_target == "teacher":
+            raise ConfigError("train.ssd_target = 'teacher' needs the teacher run: use method tssd "
+                              "(method ssd has no T_t run)")
+        if self.method == "multi_T" and self.teacher_ce == 0:
+            raise ConfigError("train.method = multi_T with train.teacher_ce = 0 is the baseline plus an unused "
+                              "teacher pass: the control needs the teacher's task loss (teacher_ce > 0)")
+        divides = self.teacher_T % self.T_s == 0
+        if teacher and self.teacher_input == "repeat" and not divides:
+            raise ConfigError(f"train.teacher_input = 'repeat' holds each of the T_s = {self.T_s} frames for "
+                              f"T_t / T_s steps: train.T_t = {self.teacher_T} must be a multiple of T_s")
+        kd_with_teacher = self.method in ("tsd", "tssd")
+        if self.kd_on == "per_step" and kd_with_teacher and not divides:
+            raise ConfigError(f"train.kd_on = 'per_step' compares each of the T_s = {self.T_s} student steps with the "
+                              f"T_t / T_s teacher steps of the same time: train.T_t = {self.teacher_T} must be a "
+                              "multiple of T_s (or use kd_on: mean)")
+        if teacher and self.bn_stats == "per_T" and self.teacher_ce == 0 and not self.teacher_grad:
+            raise ConfigError("train.bn_stats = 'per_T' with teacher_ce = 0 and teacher_grad = false: no loss "
+                              "reaches the teacher run, so its own BatchNorm parameters would never train "
+                              "(set teacher_ce > 0 or teacher_grad: true, or use bn_stats student/shared)")
 
     @property
     def teacher_T(self) -> int:
@@ -264,9 +302,18 @@ def build(cls: type[C], data: dict | None, name: str) -> C:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - fields
     if unknown:
-        raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; valid keys: {sorted(fields)}")
+        _refuse_unknown(cls, name, unknown, fields)
     kwargs = {k: _check_type(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _refuse_unknown(cls: type, name: str, unknown, fields) -> None:
+    """ConfigError for keys ``cls`` does not have; a renamed key's message names its new name."""
+    renamed = getattr(cls, "RENAMED", {})
+    for key in sorted(unknown):
+        if key in renamed:
+            raise ConfigError(f"{name}.{key} was renamed {name}.{renamed[key]} (same meaning): rename the key")
+    raise ConfigError(f"unknown key(s) in {name}: {sorted(unknown)}; valid keys: {sorted(fields)}")
 
 
 def _merge(base: dict, layer: dict) -> dict:
@@ -295,7 +342,7 @@ def for_dataset(section: str, cls: type[C], dataset: str, params: str | Path | d
         if not isinstance(layer, dict):
             raise ConfigError(f"{name} must be a mapping, got {layer!r}")
         if unknown := sorted(set(layer) - set(fields)):
-            raise ConfigError(f"unknown key(s) in {name}: {unknown}; valid keys: {fields}")
+            _refuse_unknown(cls, name, unknown, fields)
         merged = _merge(merged, layer)
     return build(cls, merged, section)
 
