@@ -331,3 +331,64 @@ def test_new_keys_defaults_and_refusals():
     TrainConfig(method="baseline", teacher_input="repeat", kd_on="per_step", T_s=2, T_t=5)
     TrainConfig(method="multi_T", kd_on="per_step", T_s=2, T_t=5)
     TrainConfig(bn_stats="per_T", teacher_ce=0.0, teacher_grad=True)
+
+
+# ----------------------------------------------------------------------------- the training step
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    from pipeline.config import IngestConfig
+    from pipeline.datasets import get_spec
+    from pipeline.ingest import ingest
+    from tests.conftest import make_learnable_tree
+
+    tmp = tmp_path_factory.mktemp("tssd_switches")
+    out = tmp / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), make_learnable_tree(tmp / "raw", per_class=8), out, IngestConfig(),
+           progress=False)
+    return out
+
+
+@pytest.mark.parametrize("switches", [
+    {"teacher_input": "repeat", "bn_stats": "student", "teacher_ce": 0.0},
+    {"teacher_input": "rebin", "bn_stats": "per_T", "kd_on": "per_step", "ssd_target": "teacher"},
+])
+def test_training_step_feeds_the_teacher_what_the_switches_say(tiny_store, tmp_path, monkeypatch, switches):
+    """One epoch through `pipeline.train`: the Pair sees the teacher input (repeated student frames or the T_t
+    cache), the BN policy and the autograd policy that the switches ask for; the run's deploy parameter count
+    is the baseline's."""
+    import json
+
+    import pipeline.train as train_mod
+
+    calls = []
+
+    class Recording(train_mod.Pair):
+        def forward(self, x_s, x_t=None, **kw):
+            calls.append((x_s.clone(), None if x_t is None else x_t.clone(), kw))
+            return super().forward(x_s, x_t, **kw)
+
+    monkeypatch.setattr(train_mod, "Pair", Recording)
+    sets = [f"train.{k}={v}" for k, v in switches.items()]
+    fast = ["recipes.dvs_gesture={}", "bin.out_size=[16,16]", "bin.dtype=int16", "train.arch=small", "train.T_s=2",
+            "train.T_t=4", "train.batch_size=8", "train.augment.max_shift_px=0", f"paths.frames_root={tmp_path / 'f'}"]
+    for method in ("tssd", "baseline") if switches["teacher_input"] == "repeat" else ("tssd",):
+        argv = ["dvs_gesture", "--store", str(tiny_store), "--out", str(tmp_path / method), "--epochs", "1",
+                "--method", method, "--no-progress"]
+        for item in fast + sets:
+            argv += ["--set", item]
+        assert train_mod.main(argv) == 0
+        if method == "tssd":
+            assert calls
+            for x_s, x_t, kw in calls:
+                assert x_t is not None and x_t.shape[0] == 4
+                assert kw["teacher_bn_update"] is (switches["bn_stats"] != "student")
+                assert kw["teacher_grad"] is (switches.get("teacher_ce", 1.0) != 0.0)
+                if switches["teacher_input"] == "repeat":
+                    assert torch.equal(x_t, teacher_frames(x_s, 4))
+                else:  # the T_t cache: the same events, so every T_s bin's counts are the sum of its two sub-bins
+                    assert torch.equal(x_t.unflatten(0, (2, 2)).sum(1), x_s)
+    if (tmp_path / "baseline").exists():
+        deploy = [json.loads((tmp_path / m / "metrics.json").read_text())["deploy_params"] for m in ("tssd", "baseline")]
+        assert deploy[0] == deploy[1]
