@@ -5,14 +5,18 @@ Stateless layers (conv, BN, pooling, linear) run once over ``T*B`` samples throu
 over T (:class:`models.neurons.LIF`). BatchNorm therefore normalises over ``T*B*H*W``.
 
 Architectures come from :data:`ARCHITECTURES`; each declares the stage names where TSSD's weak
-classifiers (global average pool + linear, per time step) may attach, and which is the default.
-:meth:`SpikingNet.deploy` drops the weak heads for inference.
+classifiers may attach, and which is the default. A weak classifier is one of :data:`WEAK_HEADS`
+(``gap_linear``: global average pool + linear; ``bottleneck``: BYOT-style conv-BN-LIF, stride-2
+conv-BN-LIF, global average pool, linear). The backbone's BatchNorm layers are :class:`TimeBatchNorm2d`:
+a pass may use batch statistics without updating the running ones, and extra BatchNorm layers may serve
+other timestep counts (BN per T). :meth:`SpikingNet.deploy` drops the weak heads and those extra layers:
+the deployed network always has the parameters of the plain network (``weak_stages=()``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -22,9 +26,12 @@ from models.neurons import LIF, NeuronConfig
 
 __all__ = [
     "ARCHITECTURES",
+    "WEAK_HEADS",
+    "BN_STATS",
     "Output",
     "SpikingNet",
     "SeqToANN",
+    "TimeBatchNorm2d",
     "build_model",
     "count_parameters",
 ]
@@ -74,12 +81,43 @@ class TimeDropout(nn.Module):
         return f"p={self.p}"
 
 
-class ConvBNLIF(nn.Module):
-    """conv3x3 -> BN (time folded into batch) -> LIF (loops over T). ``[T, B, Cin, H, W]`` -> spikes ``[T, B, Cout, H, W]``."""
+class TimeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over the folded ``T*B`` batch, as the network runs at one of several timestep counts.
 
-    def __init__(self, c_in: int, c_out: int, neuron: NeuronConfig, *, bias: bool) -> None:
+    Its own parameters and running statistics (the same state-dict keys as ``nn.BatchNorm2d``) are the ones the
+    deployed network keeps. ``extra_T`` adds a private BatchNorm2d (affine parameters and running statistics,
+    "switchable BN") for each of those timestep counts, in :attr:`per_T`; a pass at any other T uses this layer's
+    own. :class:`SpikingNet` tells each layer the pass's T and whether it may update running statistics
+    (:meth:`route`): a training pass with ``update=False`` normalises with its batch statistics but leaves every
+    running statistic (and ``num_batches_tracked``) untouched.
+    """
+
+    def __init__(self, num_features: int, extra_T: tuple[int, ...] = ()) -> None:
+        super().__init__(num_features)
+        self.per_T = nn.ModuleDict({str(int(T)): nn.BatchNorm2d(num_features) for T in extra_T})
+        self._T: int | None = None
+        self._update = True
+
+    def route(self, T: int | None, update: bool) -> None:
+        """Set the timestep count and the running-statistics policy of the following calls."""
+        self._T, self._update = T, update
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn: nn.BatchNorm2d = self.per_T[str(self._T)] if str(self._T) in self.per_T else self
+        if self.training and not self._update:  # batch statistics; no running statistics read or written
+            return nn.functional.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        return super().forward(x) if bn is self else bn(x)
+
+
+class ConvBNLIF(nn.Module):
+    """conv3x3 -> BN (time folded into batch) -> LIF (loops over T). ``[T, B, Cin, H, W]`` -> spikes ``[T, B, Cout, H, W]``.
+
+    ``extra_T``: timestep counts that get their own BatchNorm (:class:`TimeBatchNorm2d`)."""
+
+    def __init__(self, c_in: int, c_out: int, neuron: NeuronConfig, *, bias: bool,
+                 extra_T: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.ann = SeqToANN(nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias), nn.BatchNorm2d(c_out))
+        self.ann = SeqToANN(nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias), TimeBatchNorm2d(c_out, extra_T))
         self.lif = LIF(neuron)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +169,7 @@ class SpikingMLPHead(nn.Module):
 
 
 class WeakHead(nn.Module):
-    """TSSD weak classifier: global average pool over space, then linear, per step.
+    """TSSD weak classifier ``gap_linear``: global average pool over space, then linear, per step.
     ``[T, B, C, h, w]`` -> ``[T, B, classes]``."""
 
     def __init__(self, channels: int, n_classes: int) -> None:
@@ -142,6 +180,38 @@ class WeakHead(nn.Module):
         return self.fc(x.mean(dim=(-2, -1)))
 
 
+class BottleneckWeakHead(nn.Module):
+    """TSSD weak classifier ``bottleneck``, after "Be Your Own Teacher" (Zhang et al. 2019): the shallow
+    classifier gets layers of its own before pooling, so the SSD gradient need not bend the backbone's early
+    features into linearly separable channel means.
+
+    conv3x3 (C -> width) - BN - LIF -> conv3x3 stride 2 (width -> width) - BN - LIF -> global average pool ->
+    linear; ``width`` is the channel count of the features the final classifier reads. Its BatchNorms are plain
+    (the weak head runs in the student pass only). ``[T, B, C, h, w]`` -> ``[T, B, classes]``."""
+
+    def __init__(self, channels: int, width: int, n_classes: int, neuron: NeuronConfig) -> None:
+        super().__init__()
+        self.conv1 = SeqToANN(nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.lif1 = LIF(neuron)
+        self.conv2 = SeqToANN(nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width))
+        self.lif2 = LIF(neuron)
+        self.fc = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self.lif1(self.conv1(x))
+        x, _ = self.lif2(self.conv2(x))
+        return self.fc(x.mean(dim=(-2, -1)))
+
+
+#: Weak-classifier designs by name (``build_model(weak_head=...)``).
+WEAK_HEADS = ("bottleneck", "gap_linear")
+
+#: How a TSSD teacher pass treats BatchNorm (`TimeBatchNorm2d`; ``train.bn_stats``): ``student`` normalises with its
+#: batch statistics and leaves the running ones to the student, ``shared`` updates them too, ``per_T`` gives the
+#: teacher's T its own BatchNorms (``build_model(bn_extra_T=...)``, dropped by ``deploy()``).
+BN_STATS = ("student", "shared", "per_T")
+
+
 class SpikingNet(nn.Module):
     """Stages of spiking conv blocks, a classifier head, and optional weak heads at named stages."""
 
@@ -150,7 +220,7 @@ class SpikingNet(nn.Module):
         arch: str,
         stages: Mapping[str, Stage],
         head: nn.Module,
-        weak_heads: Mapping[str, WeakHead],
+        weak_heads: Mapping[str, nn.Module],
         in_channels: int,
         t_ref: int | None = None,
     ) -> None:
@@ -166,15 +236,30 @@ class SpikingNet(nn.Module):
     def weak_stages(self) -> tuple[str, ...]:
         return tuple(self.weak_heads.keys())
 
-    def forward(self, x: torch.Tensor, *, record_rates: bool = False) -> Output:
+    def forward(self, x: torch.Tensor, *, record_rates: bool = False, update_bn_stats: bool = True,
+                weak: bool = True) -> Output:
         """``x``: ``[T, B, P, H, W]`` float frames -> :class:`Output` (logits ``[T, B, classes]``).
 
         ``record_rates`` adds each LIF layer's mean firing rate (one host sync per call).
+        ``update_bn_stats=False``: in training mode the backbone's BatchNorms normalise with this batch's statistics
+        but leave their running statistics as they were (TSSD's teacher pass under ``bn_stats: student``).
+        ``weak=False`` skips the weak heads (``Output.weak`` empty). The backbone BatchNorms use the private
+        layers of this T where the net has them (BN per T), else their own.
         """
         if x.dim() != 5 or x.shape[2] != self.in_channels:
             raise ValueError(
                 f"{self.arch}: expected input [T, B, {self.in_channels}, H, W], got {tuple(x.shape)}"
             )
+        bns = [m for m in self.modules() if isinstance(m, TimeBatchNorm2d)]
+        for bn in bns:
+            bn.route(x.shape[0], update_bn_stats)
+        try:
+            return self._forward(x, record_rates, weak)
+        finally:
+            for bn in bns:
+                bn.route(None, True)
+
+    def _forward(self, x: torch.Tensor, record_rates: bool, with_weak: bool) -> Output:
         if self.t_ref is not None:
             # Frames binned into T equal time bins hold ~1/T of the events each: scaling by T / t_ref gives the
             # first layer (and every BatchNorm after it) the same input statistics at every T, so one network
@@ -187,7 +272,7 @@ class SpikingNet(nn.Module):
             x, stage_spikes = stage(x)
             for i, s in enumerate(stage_spikes):
                 spikes[f"{name}.{i}"] = s
-            if name in self.weak_heads:
+            if with_weak and name in self.weak_heads:
                 weak[name] = self.weak_heads[name](x)
         logits, head_spikes = self.head(x)
         for i, s in enumerate(head_spikes):
@@ -199,20 +284,31 @@ class SpikingNet(nn.Module):
             rates = dict(zip(spikes.keys(), values))
         return Output(logits=logits, weak=weak, rates=rates)
 
-    def deploy(self) -> SpikingNet:
-        """The inference network: a deep copy without weak heads, in eval mode.
+    @property
+    def bn_extra_T(self) -> tuple[int, ...]:
+        """Timestep counts with their own backbone BatchNorms (BN per T; empty after :meth:`deploy`)."""
+        return tuple(sorted({int(T) for m in self.modules() if isinstance(m, TimeBatchNorm2d) for T in m.per_T}))
 
-        Its parameters and logits equal those of the same architecture built with
-        ``weak_stages=()`` and loaded with this net's state dict minus ``weak_heads.*``.
+    def deploy(self) -> SpikingNet:
+        """The inference network: a deep copy without weak heads and without the BatchNorms of other timestep
+        counts (each BatchNorm keeps its own, the T_s student's, at every inference T), in eval mode.
+
+        Its parameters and logits equal those of the same architecture built with ``weak_stages=()`` and
+        ``bn_extra_T=()`` and loaded with :meth:`backbone_state_dict`.
         """
         net = copy.deepcopy(self)
         net.weak_heads = nn.ModuleDict()
+        for m in net.modules():
+            if isinstance(m, TimeBatchNorm2d):
+                m.per_T = nn.ModuleDict()
         net.zero_grad(set_to_none=True)  # the copy needs no training gradients
         return net.eval()
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """State dict without the weak heads (what :meth:`deploy` keeps)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("weak_heads.")}
+        """State dict without the weak heads and the extra per-T BatchNorms (what :meth:`deploy` keeps)."""
+        extra = tuple(f"{name}.per_T." for name, m in self.named_modules() if isinstance(m, TimeBatchNorm2d))
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith("weak_heads.") and not k.startswith(extra)}
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -223,7 +319,8 @@ def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
 # ---------------------------------------------------------------------------------------------
 # Architectures. A builder returns (stages, channels of each stage's output, head).
 
-Builder = Callable[[int, int, tuple[int, int], NeuronConfig], tuple[dict[str, Stage], dict[str, int], nn.Module]]
+Builder = Callable[[int, int, tuple[int, int], NeuronConfig, tuple[int, ...]],
+                   tuple[dict[str, Stage], dict[str, int], nn.Module]]
 
 
 class ArchSpec(NamedTuple):
@@ -237,7 +334,8 @@ class ArchSpec(NamedTuple):
 
 
 def _conv_stages(
-    plan: list[list[int]], in_channels: int, neuron: NeuronConfig, *, bias: bool, pool: Callable[[], nn.Module]
+    plan: list[list[int]], in_channels: int, neuron: NeuronConfig, *, bias: bool, pool: Callable[[], nn.Module],
+    extra_T: tuple[int, ...] = (),
 ) -> tuple[dict[str, Stage], dict[str, int]]:
     stages: dict[str, Stage] = {}
     channels: dict[str, int] = {}
@@ -245,7 +343,7 @@ def _conv_stages(
     for i, widths in enumerate(plan, start=1):
         blocks = []
         for c_out in widths:
-            blocks.append(ConvBNLIF(c_in, c_out, neuron, bias=bias))
+            blocks.append(ConvBNLIF(c_in, c_out, neuron, bias=bias, extra_T=extra_T))
             c_in = c_out
         stages[f"stage{i}"] = Stage(blocks, pool())
         channels[f"stage{i}"] = c_in
@@ -253,32 +351,35 @@ def _conv_stages(
 
 
 def _build_vggsnn(
-    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig
+    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig, extra_T: tuple[int, ...] = ()
 ) -> tuple[dict[str, Stage], dict[str, int], nn.Module]:
     # TET's VGGSNN: 64,128,AP,256,256,AP,512,512,AP,512,512,AP (conv with bias, as in TET's code).
     plan = [[64, 128], [256, 256], [512, 512], [512, 512]]
-    stages, channels = _conv_stages(plan, in_channels, neuron, bias=True, pool=lambda: nn.AvgPool2d(2))
+    stages, channels = _conv_stages(plan, in_channels, neuron, bias=True, pool=lambda: nn.AvgPool2d(2),
+                                    extra_T=extra_T)
     h, w = input_hw[0] // 16, input_hw[1] // 16
     return stages, channels, LinearHead(512 * h * w, n_classes)
 
 
 def _build_gesture_net(
-    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig
+    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig, extra_T: tuple[int, ...] = ()
 ) -> tuple[dict[str, Stage], dict[str, int], nn.Module]:
     # PLIF (Fang et al. 2021) DVS128 Gesture net: 5 x [conv3x3 128 - BN - LIF - maxpool2],
     # then dropout - linear 512 - LIF - dropout - linear (no voting layer: logits per class).
     plan = [[128]] * 5
-    stages, channels = _conv_stages(plan, in_channels, neuron, bias=False, pool=lambda: nn.MaxPool2d(2))
+    stages, channels = _conv_stages(plan, in_channels, neuron, bias=False, pool=lambda: nn.MaxPool2d(2),
+                                    extra_T=extra_T)
     h, w = input_hw[0] // 32, input_hw[1] // 32
     return stages, channels, SpikingMLPHead(128 * h * w, 512, n_classes, neuron, dropout=0.5)
 
 
 def _build_small(
-    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig
+    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig, extra_T: tuple[int, ...] = ()
 ) -> tuple[dict[str, Stage], dict[str, int], nn.Module]:
     # Tiny net for CPU tests and 32x32 inputs: 16, AP, 32, AP, 32, AP -> linear.
     plan = [[16], [32], [32]]
-    stages, channels = _conv_stages(plan, in_channels, neuron, bias=False, pool=lambda: nn.AvgPool2d(2))
+    stages, channels = _conv_stages(plan, in_channels, neuron, bias=False, pool=lambda: nn.AvgPool2d(2),
+                                    extra_T=extra_T)
     h, w = input_hw[0] // 8, input_hw[1] // 8
     return stages, channels, LinearHead(32 * h * w, n_classes)
 
@@ -308,6 +409,8 @@ def build_model(
     weak_stages: tuple[str, ...] | None = None,
     neuron: Mapping[str, Any] | None = None,
     t_ref: int | None = None,
+    weak_head: str = "gap_linear",
+    bn_extra_T: Sequence[int] = (),
 ) -> SpikingNet:
     """Build a registered architecture.
 
@@ -316,6 +419,9 @@ def build_model(
     stage, () = none. neuron: options of :class:`models.neurons.NeuronConfig` (e.g. ``{"tau_steps": 2.0}``).
     t_ref: when set, inputs with T time steps are scaled by T / t_ref (time normalisation: the same per-bin
     input statistics at every T; `pipeline.train` sets it to the training T_s).
+    weak_head: one of :data:`WEAK_HEADS` (the default ``gap_linear`` is what checkpoints without this argument
+    were trained with). bn_extra_T: timestep counts whose passes get private backbone BatchNorms (TSSD's
+    ``bn_stats: per_T``: the teacher's T_t); :meth:`SpikingNet.deploy` drops them.
     """
     try:
         spec = ARCHITECTURES[arch]
@@ -330,8 +436,20 @@ def build_model(
     unknown = [s for s in weak if s not in spec.stages]
     if unknown or len(set(weak)) != len(weak):
         raise ValueError(f"{arch}: weak_stages {weak!r} must be distinct names from {list(spec.stages)}")
+    if weak_head not in WEAK_HEADS:
+        raise ValueError(f"unknown weak head {weak_head!r}; choose one of {list(WEAK_HEADS)}")
+    extra_T = tuple(sorted({int(T) for T in bn_extra_T}))
+    if any(T < 1 for T in extra_T):
+        raise ValueError(f"bn_extra_T must hold timestep counts >= 1, got {list(bn_extra_T)}")
     cfg = NeuronConfig.from_dict(neuron)
-    stages, channels, head = spec.build(in_channels, n_classes, hw, cfg)
+    stages, channels, head = spec.build(in_channels, n_classes, hw, cfg, extra_T)
+    width = channels[spec.stages[-1]]  # what the final classifier reads
+
+    def make_head(stage: str) -> nn.Module:
+        if weak_head == "bottleneck":
+            return BottleneckWeakHead(channels[stage], width, n_classes, cfg)
+        return WeakHead(channels[stage], n_classes)
+
     # Keep heads in network order, whatever order the caller listed them in.
-    heads = {s: WeakHead(channels[s], n_classes) for s in spec.stages if s in weak}
+    heads = {s: make_head(s) for s in spec.stages if s in weak}
     return SpikingNet(arch, stages, head, heads, in_channels, t_ref)

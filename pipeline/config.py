@@ -198,8 +198,13 @@ def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT
 
 
 def _check_keys(cls: type, data: dict, name: str) -> None:
+    """Refuse keys ``cls`` does not have; a renamed key (``cls.RENAMED``: old -> new) is named with its new name."""
     fields = sorted(f.name for f in dataclasses.fields(cls))
     if unknown := sorted(set(data) - set(fields)):
+        renamed = getattr(cls, "RENAMED", {})
+        for key in unknown:
+            if key in renamed:
+                raise ConfigError(f"{name}.{key} was renamed {name}.{renamed[key]} (same meaning): rename the key")
         raise ConfigError(f"unknown key(s) in {name}: {unknown}; valid keys: {fields}")
 
 

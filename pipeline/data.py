@@ -27,7 +27,8 @@ from pipeline.config import ConfigError, check_choice
 from pipeline.frames import Binning, FrameCache, open_frame_cache
 from pipeline.store import EventSplit, open_event_store
 
-__all__ = ["Augment", "AugParams", "SHIFT_MODES", "CacheView", "RebinView", "FrameDataset", "MultiViewDataset"]
+__all__ = ["Augment", "AugParams", "SHIFT_MODES", "TEACHER_INPUTS", "teacher_frames", "CacheView", "RebinView",
+           "FrameDataset", "MultiViewDataset"]
 
 
 # ------------------------------------------------------------------------------------------ augmentation
@@ -98,6 +99,24 @@ def _translate(frames: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
     out[..., yd, xd] = frames[..., ys, xs]
     return out
+
+
+# ------------------------------------------------------------------------------------------ the teacher's input
+#: What the TSSD teacher run sees (``train.teacher_input``): ``rebin`` -- the sample's events in T_t bins (its own
+#: view, a frame cache at T_t); ``repeat`` -- the student's T_s frames each held for T_t / T_s steps
+#: (`teacher_frames`), to separate "more steps" from "finer time".
+TEACHER_INPUTS = ("rebin", "repeat")
+
+
+def teacher_frames(x_s: torch.Tensor, T_t: int) -> torch.Tensor:
+    """``teacher_input: repeat``: the T_s student frames ``[T_s, B, P, H, W]``, each held for k = T_t / T_s steps and
+    divided by k -> ``[T_t, B, P, H, W]`` (each frame's events spread evenly over its k steps, as rebinning into
+    T_t bins spreads them unevenly). After the network's T / T_s input scaling the teacher sees exactly each
+    student frame repeated k times: more steps, no finer time."""
+    k, rem = divmod(T_t, x_s.shape[0])
+    if rem:
+        raise ValueError(f"teacher_input repeat: T_t = {T_t} must be a multiple of T_s = {x_s.shape[0]}")
+    return x_s.repeat_interleave(k, dim=0) / k
 
 
 # ------------------------------------------------------------------------------------------ views

@@ -1,6 +1,6 @@
 """Stage: train a Norse LIF network with TSSD (or an ablation) on frame caches.
 
-    python -m pipeline.train <dataset> [--method baseline|tsd|ssd|tssd] [--epochs N] [--out DIR] [--resume]
+    python -m pipeline.train <dataset> [--method baseline|multi_T|tsd|ssd|tssd] [--epochs N] [--out DIR] [--resume]
                                        [--set train.lr=0.05 ...]
     torchrun --nproc_per_node=N -m pipeline.train <dataset> ...        (data-parallel, DDP)
 
@@ -8,7 +8,7 @@ TSSD (temporal-spatial self-distillation, arXiv 2406.07862) in one step::
 
     student = model(x at T_s)                 # the network as deployed
     teacher = model(x at T_t)                 # the same weights, the same sample and augmentation, more timesteps
-    L = CE(student) + CE(teacher) + alpha * KD(student <- teacher) + beta * KD(weak head <- student)
+    L = CE(student) + teacher_ce * CE(teacher) + alpha * KD(student <- teacher) + beta * KD(weak head <- student)
 
 Inference runs the student alone at T_s (`SpikingNet.deploy()` drops the weak heads): no extra cost.
 
@@ -53,7 +53,7 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section
-from pipeline.data import Augment, CacheView, MultiViewDataset
+from pipeline.data import Augment, CacheView, MultiViewDataset, teacher_frames
 from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
 from pipeline.runs import TrainConfig, load_checkpoint, save_checkpoint, saved_train_config
@@ -79,8 +79,19 @@ class Pair(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x_s: torch.Tensor, x_t: torch.Tensor | None = None):
-        return self.net(x_s), (self.net(x_t) if x_t is not None else None)
+    def forward(self, x_s: torch.Tensor, x_t: torch.Tensor | None = None, *, teacher_bn_update: bool = True,
+                teacher_grad: bool = True):
+        """Student run on ``x_s`` ``[T_s, B, P, H, W]``, teacher run on ``x_t`` ``[T_t, B, P, H, W]`` (or None).
+
+        The teacher run skips the weak heads (no loss reads them); ``teacher_bn_update=False`` keeps it from
+        touching any BatchNorm running statistic (``bn_stats: student``); ``teacher_grad=False`` runs it without
+        autograd (no loss term sends it a gradient). Under ``bn_stats: per_T`` the net picks the teacher's own
+        BatchNorms by its T."""
+        out_s = self.net(x_s)
+        if x_t is None:
+            return out_s, None
+        with torch.set_grad_enabled(teacher_grad and torch.is_grad_enabled()):
+            return out_s, self.net(x_t, update_bn_stats=teacher_bn_update, weak=False)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -269,11 +280,15 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
 # ------------------------------------------------------------------------------------------ model, optimizer
 def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Sequence[int]) -> dict:
     """`models.nets.build_model`'s keyword arguments, in the JSON-like form the checkpoint keeps (lists, dicts)."""
-    # only the SSD term and gamma train weak heads; without either they would be dead weights
-    weak_stages = cfg.weak_stages if METHODS[cfg.method].spatial or cfg.gamma else ()
+    # only the SSD term and weak_ce train weak heads; without either they would be dead weights
+    spec = METHODS[cfg.method]
+    weak_stages = cfg.weak_stages if spec.spatial or cfg.weak_ce else ()
+    # bn_stats per_T: the teacher's T_t passes get their own BatchNorms (dropped by deploy)
+    bn_extra_T = [cfg.teacher_T] if spec.uses_teacher and cfg.bn_stats == "per_T" else []
     return {"arch": cfg.arch, "in_channels": int(in_channels), "n_classes": n_classes,
             "input_hw": [int(v) for v in input_hw], "weak_stages": None if weak_stages is None else list(weak_stages),
-            "neuron": dataclasses.asdict(cfg.neuron), "t_ref": cfg.T_s}
+            "neuron": dataclasses.asdict(cfg.neuron), "t_ref": cfg.T_s, "weak_head": cfg.weak_head,
+            "bn_extra_T": bn_extra_T}
 
 
 def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[SpikingNet, dict]:
@@ -391,7 +406,10 @@ def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.o
     """One pass over this rank's share of the training set, then one schedule step.
 
     Returns the epoch's history row up to ``train_acc`` (loss parts and accuracy summed over all ranks)."""
-    uses_teacher = METHODS[cfg.method].uses_teacher
+    spec = METHODS[cfg.method]
+    uses_teacher = spec.uses_teacher
+    # no term sends the teacher run a gradient: run it without autograd
+    teacher_needs_grad = cfg.teacher_ce != 0 or (cfg.teacher_grad and spec.temporal_kd)
     device = ranks.device
     torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch seeds: a resumed run replays the same draws
     data.generator.manual_seed(cfg.seed * 1000 + epoch)
@@ -405,12 +423,16 @@ def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.o
                disable=not (progress and ranks.main), file=sys.stderr)
     for batch_views, y in bar:
         x_s = _to_tbchw(batch_views["student"], device)
-        x_t = _to_tbchw(batch_views["teacher"], device) if uses_teacher else None
+        x_t = None
+        if uses_teacher:
+            x_t = (teacher_frames(x_s, cfg.teacher_T) if cfg.teacher_input == "repeat"
+                   else _to_tbchw(batch_views["teacher"], device))
         y = y.to(device)
         with _autocast(device, cfg.amp):
-            out_s, out_t = pair(x_s, x_t)
+            out_s, out_t = pair(x_s, x_t, teacher_bn_update=cfg.bn_stats != "student", teacher_grad=teacher_needs_grad)
             loss, parts = tssd_loss(out_s, y, teacher=out_t, method=cfg.method, alpha=cfg.alpha, beta=cfg.beta,
-                                    gamma=cfg.gamma, tau_kd=cfg.tau_kd, task_kind=cfg.task_loss,
+                                    teacher_ce=cfg.teacher_ce, weak_ce=cfg.weak_ce, tau_kd=cfg.tau_kd,
+                                    kd_on=cfg.kd_on, ssd_target=cfg.ssd_target, task_kind=cfg.task_loss,
                                     tet_lambda=cfg.tet_lambda, teacher_grad=cfg.teacher_grad)
         if not math.isfinite(parts["total"]):
             raise TrainingDiverged(

@@ -35,7 +35,7 @@ def test_command_line_wins_over_the_recipe():
     (["trian.lr=0.5"], "unknown section 'trian'"),
     (["train.lrr=0.5"], "unknown key"),
     (["train.lr=fast"], "train.lr must be float"),
-    (["train.method=distill"], "choose one of baseline, tsd, ssd, tssd"),
+    (["train.method=distill"], "choose one of baseline, multi_T, tsd, ssd, tssd"),
     (["train.lr"], "key.path=value"),
     (["train=5"], "--set train must be a mapping"),
     (["recipes.gest.train.lrr=1"], r"unknown key\(s\) in recipes.gest.train"),
