@@ -39,13 +39,13 @@ repro: setup check-raw
 check-raw: setup
 	$(PY) -m pipeline.download --check-params params.yaml
 
-# the datasets of params.yaml datasets: x baseline / multi_T / tsd / ssd / tssd x 10 seeds + the switch ablations
+# both embedded datasets (digits_dvs: the static-shape control; orbit_digits: the temporal benchmark) x baseline / multi_T / tsd / ssd / tssd x 10 seeds + the switch ablations
 # (pipeline.study), then the report with its paired statistics. Resumable: finished runs are skipped. Hours on a CPU:
 # `make study-plan` prints the runs left and their estimated time; STUDY_ARGS passes any other option,
 # e.g. STUDY_ARGS="--datasets digits_dvs --seeds 0 1 --no-ablations".
-STUDY_ARGS ?=
+STUDY_ARGS ?= --datasets digits_dvs orbit_digits
 study: setup
-	dvc repro --glob 'bin@*'
+	dvc repro --glob 'generate@*' 'bin@*'
 	$(PY) -m pipeline.study $(STUDY_ARGS)
 	$(PY) -m pipeline.report
 

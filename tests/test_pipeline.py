@@ -51,8 +51,9 @@ def test_dvc_repro_dry_lists_every_stage():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     stages = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
-    assert stages == ["generate", "ingest@digits_dvs", "bin@digits_dvs", "train@digits_dvs-baseline",
-                      "train@digits_dvs-tssd", "evaluate@digits_dvs-baseline", "evaluate@digits_dvs-tssd", "report"]
+    runs = [f"orbit_digits-{m}-{k}" for m in ("baseline", "tssd") for k in (0, 1, 2)]
+    assert stages == (["generate@digits_dvs", "generate@orbit_digits", "ingest@orbit_digits", "bin@orbit_digits"]
+                      + [f"{stage}@{r}" for stage in ("train", "evaluate", "export") for r in runs] + ["report"])
 
 
 def test_real_dataset_stages_fail_at_once_with_instructions(tmp_path):
