@@ -10,7 +10,6 @@ the command prints the URLs and where to put the files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tarfile
 import urllib.error
@@ -24,17 +23,10 @@ from pipeline.config import PathsConfig, load_section
 from pipeline.datasets import DatasetSpec, Download, get_spec
 from pipeline.datasets.base import download_instructions
 from pipeline.guards import exits_on_error
+from pipeline.io.checksums import md5sum
 from pipeline.io.errors import RawDataError
 
-__all__ = ["download", "md5sum", "main"]
-
-
-def md5sum(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["download", "main"]
 
 
 def _fetch(d: Download, dest: Path, timeout_s: float) -> None:

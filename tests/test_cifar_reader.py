@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io.cifar import md5_of, read_cifar
+from pipeline.io.checksums import md5sum
+from pipeline.io.cifar import read_cifar
 from pipeline.io.errors import RawDataError
 
 
@@ -153,7 +154,7 @@ def test_cifar100_fine_and_coarse_labels(tmp_path):
 def test_md5_checked_before_reading(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
     write_cifar10(path, per_batch=2)
-    read_cifar(path, "cifar10", md5=md5_of(path))
+    read_cifar(path, "cifar10", md5=md5sum(path))
     with pytest.raises(RawDataError, match=r"cifar-10-python.tar.gz: md5 [0-9a-f]{32} differs from the official c58f"):
         read_cifar(path, "cifar10", md5="c58f30108f718f92721af3b95e74349a")
 

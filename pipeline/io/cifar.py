@@ -28,7 +28,6 @@ labels; the training split is the five batches concatenated in order (as every r
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import tarfile
@@ -37,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.io.checksums import md5sum
 from pipeline.io.errors import RawDataError
 
-__all__ = ["CifarSplit", "CifarRelease", "LAYOUTS", "read_cifar", "md5_of"]
+__all__ = ["CifarSplit", "CifarRelease", "LAYOUTS", "read_cifar"]
 
 _SIDE = 32
 _PIXELS = 3 * _SIDE * _SIDE  # 3072 bytes per image
@@ -107,14 +107,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
             return codecs.encode
         return getattr(np, name)
-
-
-def md5_of(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
@@ -198,7 +190,7 @@ def read_cifar(path: str | Path, name: str, *, md5: str | None) -> CifarRelease:
     if name not in LAYOUTS:
         raise ValueError(f"unknown CIFAR release {name!r}; choose one of {', '.join(LAYOUTS)}")
     lay = LAYOUTS[name]
-    if md5 is not None and (got := md5_of(path)) != md5:
+    if md5 is not None and (got := md5sum(path)) != md5:
         raise RawDataError(path, f"md5 {got} differs from the official {md5}: a truncated or different download "
                                  "(delete it and download again)")
     raw = _read_members(path, {f"{lay.root}/{m}" for m in (lay.meta, *lay.train, *lay.test)})
