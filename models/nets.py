@@ -11,6 +11,9 @@ conv-BN-LIF, global average pool, linear). The backbone's BatchNorm layers are :
 a pass may use batch statistics without updating the running ones, and extra BatchNorm layers may serve
 other timestep counts (BN per T). :meth:`SpikingNet.deploy` drops the weak heads and those extra layers:
 the deployed network always has the parameters of the plain network (``weak_stages=()``).
+
+Why ~450 lines in one file: the three architectures share one contract -- time-folded stages, BatchNorm over
+time, weak-head taps and `deploy()` -- and splitting them per architecture would scatter what deploy relies on.
 """
 
 from __future__ import annotations

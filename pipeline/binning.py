@@ -79,6 +79,10 @@ converting four columns first would take longer than binning -- and bins the fra
 parallel when it has at least 2 M events (smaller ones on the calling thread: see `_PARALLEL_MIN_EVENTS`);
 `bin_batch` runs in parallel over samples, each writing only its own ``out[i]``. `to_frames` may be called
 from several threads at once.
+
+Why one file of ~870 lines: every slicing mode and semantics shares the bin-edge rules, and each kernel has a
+serial and a parallel twin (separate Numba functions, so their on-disk caches never collide); a change to the
+edges must be read against every kernel that uses them, behind the same thin validated wrappers.
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ test_users, conditions {name: {background, noise_hz}}, sensor, digit_px, oversam
 n_saccades, gap_us, dt_us, threshold_mean, threshold_std, threshold_min, refractory_us.
 
 Everything is deterministic by seed and independent of the number of worker threads.
+
+Why ~430 lines: the dataset's config, layout and splits plus the scene and recording plans that
+`orbit_digits` reuses; the pixel model itself lives in `pipeline.emulator`.
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ The dataset's name (``--name``, default ``recordings``; raw folder default ``<ra
 hold: ``pipeline.bin <name>`` and ``pipeline.train <name>`` then work as for the built-in datasets. The store's
 ``reader_version`` names every reader used and a hash of the classes, sensor size, csv time base and trials
 lists, so a change to any of them gives a new store id (and new frame caches).
+
+Why ~480 lines: users' folders come in many shapes (formats, label sources, sensor sizes per folder), and each
+refusal names its file and row; they are one dataset spec and read best together.
 """
 
 from __future__ import annotations
