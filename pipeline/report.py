@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import ConfigError, load_params
 from pipeline.predictions import FILENAME as PREDICTIONS, Predictions, PredictionsError, read_predictions
 from pipeline.stats import Bootstrap, format_mean_std, mcnemar_exact, paired_bootstrap
 from pipeline.store import write_atomic
@@ -133,6 +134,33 @@ def collect(runs_root: Path) -> dict[str, dict[str, dict[str, dict[int | None, R
                                       f"seed {run.seed}")
                 arms[run.arm][run.seed] = run
     return out
+
+
+def restrict_main(runs: dict, datasets: list[str], methods: list[str], seeds: list[int]) -> list[Path]:
+    """Keep, as main runs, exactly the ``datasets x methods x seeds`` matrix `dvc repro` trains (in place):
+    a matrix run that is missing (or unfinished) is a ReportError naming its folder -- a report over part of the
+    matrix would look complete -- and a main run folder outside it (left from an earlier params.yaml) is dropped
+    rather than reported as current. Returns the dropped folders. Study runs are left as they are."""
+    dropped: list[Path] = []
+    for ds in list(runs):
+        main = runs[ds].get("main", {})
+        for arm in list(main):
+            for seed in list(main[arm]):
+                if not (ds in datasets and arm in methods and seed in seeds):
+                    dropped.append(main[arm].pop(seed).path)
+            if not main[arm]:
+                del main[arm]
+        if "main" in runs[ds] and not main:
+            del runs[ds]["main"]
+        if not runs[ds]:
+            del runs[ds]
+    for ds in datasets:
+        for m in methods:
+            for k in seeds:
+                if k not in runs.get(ds, {}).get("main", {}).get(m, {}):
+                    raise ReportError(f"{ds}/{m}-seed{k}: a run of params.yaml's datasets x methods x seeds has no "
+                                      "finished metrics.json under the runs folder (run `dvc repro`)")
+    return sorted(dropped)
 
 
 def _arm_key(arm: str, runs: dict) -> tuple:
@@ -353,11 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("data_cache/report"))
     ap.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates per comparison")
     ap.add_argument("--boot-seed", type=int, default=0, help="seed of every comparison's bootstrap")
+    ap.add_argument("--params", type=Path, help="report as main runs exactly params.yaml's datasets x methods x "
+                    "seeds (what `dvc repro` trains): a missing one is an error, others are left out")
     args = ap.parse_args(argv)
     try:
         runs = collect(args.runs)
+        if args.params:
+            p = load_params(args.params)
+            for folder in restrict_main(runs, list(p.get("datasets") or []), list(p.get("methods") or []),
+                                        [int(k) for k in p.get("seeds") or []]):
+                print(f"note: {folder} is not in {args.params}'s datasets x methods x seeds: left out",
+                      file=sys.stderr)
         text = render_markdown(runs, args.n_boot, args.boot_seed)
-    except (ReportError, PredictionsError) as err:
+    except (ReportError, PredictionsError, ConfigError) as err:
         print(f"error: {err}\nnothing was written.", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,30 @@ def test_main_runs_table_reads_eval_json_and_pairs_the_single_seed(tmp_path):
     assert (tmp_path / "rep" / "digits_dvs_accuracy_vs_T.png").exists()
 
 
+def test_params_matrix_leaves_out_stale_runs_and_refuses_missing_ones(tmp_path, capsys):
+    """With --params (what dvc.yaml passes), the main runs are exactly datasets x methods x seeds: a run folder
+    left from an earlier params.yaml is not reported as current, and a missing matrix run is an error."""
+    rng = np.random.default_rng(5)
+    for m in ("baseline", "tssd"):
+        for k in (0, 1):
+            write_run(tmp_path / "runs" / "orbit_digits" / f"{m}-seed{k}", m, {2: 0.6, 4: 0.5}, rng)
+    write_run(tmp_path / "runs" / "digits_dvs" / "tssd", "tssd", {2: 0.9, 4: 0.9}, rng)  # an earlier setting
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"datasets": ["orbit_digits"], "methods": ["baseline", "tssd"],
+                                      "seeds": [0, 1]}))
+    args = ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--n-boot", "200"]
+    assert report.main(args + ["--params", str(params)]) == 0
+    text = (tmp_path / "rep" / "summary.md").read_text()
+    assert "## orbit_digits" in text and "digits_dvs" not in text
+    assert "digits_dvs/tssd is not in" in capsys.readouterr().err
+    params.write_text(yaml.safe_dump({"datasets": ["orbit_digits"], "methods": ["baseline", "tssd"],
+                                      "seeds": [0, 1, 2]}))
+    assert report.main(args + ["--out", str(tmp_path / "rep2"), "--params", str(params)]) == 1
+    assert "orbit_digits/baseline-seed2: a run of params.yaml's datasets x methods x seeds has no finished" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "rep2").exists()
+
+
 def test_disagreeing_files_and_unpaired_runs(tmp_path, capsys):
     rng = np.random.default_rng(4)
     write_run(tmp_path / "digits_dvs" / "study" / "baseline-seed0", "baseline", {2: 0.8}, rng)
