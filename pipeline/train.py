@@ -53,7 +53,7 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section
-from pipeline.data import Augment, CacheView, MultiViewDataset, teacher_frames
+from pipeline.data import CacheView, MultiViewDataset, teacher_frames
 from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
 from pipeline.runs import TrainConfig, load_checkpoint, save_checkpoint, saved_train_config
@@ -257,7 +257,7 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
     train_views = {"student": CacheView(caches[("train", cfg.T_s)], cfg.in_memory)}
     if spec.uses_teacher:  # baseline/ssd never read the T_t view in training
         train_views["teacher"] = CacheView(caches[("train", cfg.teacher_T)], cfg.in_memory)
-    train_ds = MultiViewDataset(train_views, Augment(**dataclasses.asdict(cfg.augment)), seed=cfg.seed)
+    train_ds = MultiViewDataset(train_views, cfg.augment, seed=cfg.seed)
     sampler = (DistributedSampler(train_ds, ranks.world, ranks.rank, shuffle=True, seed=cfg.seed)
                if ranks.distributed else None)
     gen = torch.Generator()

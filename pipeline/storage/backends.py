@@ -17,6 +17,7 @@ import json
 import numpy as np
 import zarr
 
+from pipeline.config import FORMATS
 from pipeline.storage.base import Pin, StoreError, check_files, list_files
 from pipeline.storage.shard_reader import ShardReader
 from pipeline.storage.shards import Codec, ShardWriter
@@ -160,8 +161,8 @@ ZARR, HDF5 = _Zarr(), _HDF5()
 def store_format(path: str | Path, fmt: str | None = None) -> str:
     """'zarr' or 'h5', from ``fmt`` or the path's suffix."""
     fmt = fmt or ("h5" if Path(path).suffix in (".h5", ".hdf5") else "zarr")
-    if fmt not in ("zarr", "h5"):
-        raise ValueError(f"unknown store format {fmt!r}; choose 'zarr' or 'h5'")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown store format {fmt!r}; choose {' or '.join(map(repr, FORMATS))}")
     return fmt
 
 
