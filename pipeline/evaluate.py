@@ -81,6 +81,7 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
     if split not in store.splits:
         raise StoreError(f"{ckpt['store_path']} has no {split} split (ingested with ingest.val = 0)")
     test = store[split]
+    test.preload()  # read once, rebinned at every T (a split over 2 GiB is read sample by sample)
     rows, preds = [], []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)

@@ -196,6 +196,7 @@ class EventSplit:
         store.pin.check()  # everything above came from the version pinned
         self._check_shapes(lengths)
         self._group = None
+        self._resident: dict[str, np.ndarray] | None = None  # every column, once `preload` read them
 
     def _check_shapes(self, lengths: dict[str, int]) -> None:
         """The arrays must agree with each other and with the split's attributes (a cheap check, no data read)."""
@@ -236,8 +237,21 @@ class EventSplit:
             return None
         return readers
 
+    def preload(self, max_bytes: int = 2 << 30) -> bool:
+        """Read every event column into memory once (a split of at most ``max_bytes``), so that each sample is a
+        slice of it instead of one read per column per sample (evaluate reads the test split once per inference T).
+        Returns whether the split is now resident; a larger split stays on disk."""
+        if self._resident is None:
+            n = int(self.offsets[-1]) if len(self.offsets) else 0
+            if n * EVENT_DTYPE.itemsize > max_bytes:
+                return False
+            self._resident = self.event_slice(0, n)
+        return True
+
     def event_slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Columns x, y, t, p for event rows [start, stop) of the split."""
+        if self._resident is not None:
+            return {k: v[start:stop] for k, v in self._resident.items()}
         g = self._cols()
         out = {k: np.asarray(g[k][start:stop]) for k in COLUMNS}
         self.store.after_read()  # zarr-python opens files by path: make sure they were the pinned version's

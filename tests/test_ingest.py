@@ -59,6 +59,19 @@ def test_gesture_round_trip_and_reconciliation(gesture_tree, tmp_path, fmt):
     assert meta == {"name": "user01_fluorescent_led.aedat", "user": 1, "lighting": "fluorescent_led"}
 
 
+def test_a_preloaded_split_reads_the_same_samples(gesture_tree, tmp_path):
+    out = tmp_path / "ev.zarr"
+    ingest(get_spec("dvs_gesture"), gesture_tree.root, out, IngestConfig(**SMALL), progress=False)
+    split = open_event_store(out)["test"]
+    on_disk = [split[i] for i in range(len(split))]
+    assert not split.preload(max_bytes=0)  # too large for the limit: stays on disk
+    assert split.preload()
+    for i, (ev, label) in enumerate(on_disk):
+        got, got_label = split[i]
+        assert got.tobytes() == ev.tobytes() and got_label == label
+    _assert_matches(open_event_store(out), gesture_tree.truth)
+
+
 def test_zarr_store_is_few_files_and_readable_with_plain_zarr(gesture_tree, tmp_path):
     out = tmp_path / "ev.zarr"
     ingest(get_spec("dvs_gesture"), gesture_tree.root, out, IngestConfig(**SMALL), progress=False)
