@@ -3,12 +3,16 @@ the step schedule, and the tssd_vgg9 recipe of params.yaml (TSSD's published set
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import pipeline.bin as bin_mod
+from models.nets import ARCHITECTURES, build_model, count_parameters
 import pipeline.train as train_mod
 from pipeline.config import ConfigError, IngestConfig, PathsConfig, load_params, load_section, recipe_methods, resolve_recipe
 from pipeline.datasets import get_spec
@@ -190,12 +194,88 @@ def store(tmp_path_factory) -> Path:
 
 
 def test_the_checkpoint_and_metrics_record_the_recipe(store, tmp_path):
+    """Two CPU epochs through the CLI with a named recipe, its by_method layer and the step schedule: the
+    checkpoint and metrics.json name the recipe, history.csv's lr follows lr * gamma^e. (vgg9 itself: a training
+    epoch takes minutes on a shared CPU, so it is checked by forward/backward below.)"""
     tiny = ("{use: tiny, tiny: {bin: {out_size: [16, 16], dtype: int16}, train: {arch: small, T_s: 2, T_t: 4, "
-            "batch_size: 8}, by_method: {baseline: {lr: 0.05}}}}")
+            "batch_size: 8, schedule: step, step_every: 1, step_gamma: 0.5}, by_method: {baseline: {lr: 0.04}}}}")
     args = ["dvs_gesture", "--store", str(store), "--out", str(tmp_path / "run"), "--method", "baseline",
-            "--epochs", "1", "--set", f"recipes.dvs_gesture={tiny}", "--set", f"paths.frames_root={tmp_path / 'f'}",
+            "--epochs", "2", "--set", f"recipes.dvs_gesture={tiny}", "--set", f"paths.frames_root={tmp_path / 'f'}",
             "--set", "train.augment.flip_p=0", "--no-progress"]
     assert train_mod.main(args) == 0
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ckpt["config"]["recipe"] == "tiny" and ckpt["config"]["train"]["lr"] == 0.05
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["recipe"] == "tiny"
+    assert ckpt["config"]["recipe"] == "tiny" and ckpt["config"]["train"]["lr"] == 0.04
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["recipe"] == "tiny"
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").read_text().splitlines()))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.04, 0.02])
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+# ------------------------------------------------------------------------------------------ vgg9
+def _vgg9_count(P: int, hw: tuple[int, int], C: int) -> int:
+    """BNTT's VGG-9 counted from its layer list: conv3x3 without bias + BN (gamma, beta) each, fc1 without bias
+    + BN, fc2 without bias."""
+    widths = [P, 64, 64, 128, 128, 256, 256, 256]
+    conv = sum(9 * a * b + 2 * b for a, b in zip(widths[:-1], widths[1:]))
+    return conv + 256 * (hw[0] // 8) * (hw[1] // 8) * 1024 + 2 * 1024 + 1024 * C
+
+
+@pytest.mark.parametrize("P, hw, C, n", [(2, (48, 48), 11, 11_186_560), (2, (48, 48), 10, 11_185_536),
+                                         (3, (32, 32), 10, 5_943_232)])
+def test_vgg9_parameter_counts(P, hw, C, n):
+    net = build_model("vgg9", in_channels=P, n_classes=C, input_hw=hw, weak_stages=())
+    assert count_parameters(net) == _vgg9_count(P, hw, C) == n
+    assert f"{n:,}" in ARCHITECTURES["vgg9"].doc
+    full = build_model("vgg9", in_channels=P, n_classes=C, input_hw=hw, weak_head="bottleneck", bn_extra_T=[10])
+    assert count_parameters(full) > n and count_parameters(full.deploy()) == n
+
+
+@pytest.mark.parametrize("P, hw", [(2, (48, 48)), (3, (32, 32)), (1, (8, 8)), (2, (13, 10))])
+def test_vgg9_forward_backward_at_any_size(P, hw):
+    torch.manual_seed(0)
+    net = build_model("vgg9", in_channels=P, n_classes=5, input_hw=hw, weak_head="bottleneck", bn_extra_T=[4])
+    x = torch.poisson(torch.full((2, 2, P, *hw), 0.5))
+    out = net(x, record_rates=True)
+    assert out.logits.shape == (2, 2, 5) and out.weak["stage2"].shape == (2, 2, 5)
+    assert out.rates is not None and 0.0 < out.rates["head.0"] < 1.0  # the BatchNorm-fed fc1 LIF fires
+    out.logits.mean(0).sum().backward()
+    trained = [p for n, p in net.named_parameters() if ".per_T." not in n and not n.startswith("weak_heads.")]
+    assert all(p.grad is not None for p in trained) and net.head.fc1.weight.grad.abs().sum() > 0
+    assert net(torch.poisson(torch.full((4, 2, P, *hw), 0.5))).logits.shape == (4, 2, 5)  # the per-T BN path
+    with pytest.raises(ValueError, match=">= 8"):
+        build_model("vgg9", in_channels=P, n_classes=5, input_hw=(7, 16))
+
+
+def test_vgg9_head_batchnorm_follows_the_teacher_pass_policy():
+    """bn_stats: student -- a pass with update_bn_stats=False leaves the head's running statistics alone too."""
+    net = build_model("vgg9", in_channels=2, n_classes=3, input_hw=(8, 8), weak_stages=())
+    before = net.head.bn.running_mean.clone()
+    net(torch.poisson(torch.full((3, 2, 2, 8, 8), 0.5)), update_bn_stats=False)
+    assert torch.equal(net.head.bn.running_mean, before)
+    net(torch.poisson(torch.full((3, 2, 2, 8, 8), 0.5)))
+    assert not torch.equal(net.head.bn.running_mean, before)
+
+
+def test_vgg9_exports_to_nir_and_norse_reproduces_it(tmp_path):
+    """The head's BatchNorm is folded into fc1; Norse (subtract reset) runs the written graph as ours."""
+    nir = pytest.importorskip("nir")
+    pytest.importorskip("norse")
+    from models.nir_export import to_nir
+    from tests.nir_importers import import_norse
+
+    torch.manual_seed(0)
+    net = build_model("vgg9", in_channels=2, n_classes=4, input_hw=(8, 8), weak_stages=(), t_ref=2)
+    for m in net.modules():  # statistics and affine parameters away from their initial values
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.8, 1.6)
+            m.bias.data.uniform_(-0.1, 0.3)
+    net = net.deploy()
+    x = torch.poisson(torch.full((2, 3, 2, 8, 8), 1.0))
+    graph, info = to_nir(net, (8, 8))
+    nir.write(tmp_path / "m.nir", graph)
+    with torch.no_grad():
+        out = net(x, record_rates=True)
+    assert 0.0 < out.rates["head.0"] < 1.0
+    got = import_norse(nir.read(tmp_path / "m.nir"), dt_s=info.dt_s, soft=True)(x)
+    assert (out.logits - got).abs().max().item() < 1e-4
