@@ -182,6 +182,9 @@ def test_train_cli_resolves_the_tssd_vgg9_recipe_without_training(monkeypatch, t
     assert train_mod.main(["cifar10_dvs", "--store", str(store), "--out", str(tmp_path / "run")]) == 0
     assert got["recipe"] == "tet" and got["cfg"].arch == "vggsnn"
     assert train_mod.main(["cifar10_dvs", "--recipe", "nope", "--store", str(store)]) != 0
+    assert bin_mod.main(["cifar10_dvs", "--recipe", "nope", "--store", str(store)]) != 0
+    assert bin_mod.main(["cifar10_dvs", "--for-training", "--recipe", "nope", "--store", str(store)]) != 0
+    assert bin_mod.main(["digits_dvs", "--recipe", "tssd_vgg9", "--store", str(store)]) != 0  # it has none
 
 
 # ------------------------------------------------------------------------------------------ recorded name
@@ -279,3 +282,31 @@ def test_vgg9_exports_to_nir_and_norse_reproduces_it(tmp_path):
     assert 0.0 < out.rates["head.0"] < 1.0
     got = import_norse(nir.read(tmp_path / "m.nir"), dt_s=info.dt_s, soft=True)(x)
     assert (out.logits - got).abs().max().item() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ study
+def test_study_passes_the_recipe_to_train_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    import subprocess
+
+    import yaml
+
+    import pipeline.study as study
+
+    calls = []
+    monkeypatch.setattr(study.subprocess, "run",
+                        lambda cmd, **k: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**NAMED, "datasets": ["gest"], "paths": {"runs_root": str(tmp_path / "runs")}}))
+    base = ["--params", str(params), "--methods", "baseline", "--seeds", "0", "--no-ablations"]
+    assert study.main([*base, "--recipe", "b"]) == 0
+    train, evaluate = calls
+    assert train[2] == "pipeline.train" and train[train.index("--recipe") + 1] == "b"
+    assert evaluate[2] == "pipeline.evaluate" and "--recipe" not in evaluate  # evaluate reads the checkpoint
+    record = json.loads((tmp_path / "runs" / "gest" / "study" / "baseline-seed0" / "study.json").read_text())
+    assert record["spec"]["recipe"] == "b"
+    calls.clear()
+    assert study.main([*base, "--recipe", "zz"]) != 0 and calls == []  # refused before any run
+    for name in study.OUTPUTS:  # the run's outputs, as train and evaluate would leave them
+        (tmp_path / "runs" / "gest" / "study" / "baseline-seed0" / name).write_text("")
+    assert study.main([*base, "--recipe", "b", "--plan"]) == 0  # finished with this spec
+    assert study.main(base) != 0 and calls == []  # finished with another recipe: another spec, refused
