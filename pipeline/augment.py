@@ -185,8 +185,7 @@ def _check_images(x: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------ the steps
 def _crop_flip(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, pad: int, hw: tuple[int, int],
                flip: np.ndarray) -> torch.Tensor:
-    """The random ``h x w`` window of x zero-padded by ``pad``, mirrored where ``flip``: uint8 [B, C, h, w], one
-    gather (rows and columns per sample)."""
+    """The random ``h x w`` window of x zero-padded by ``pad``, mirrored where ``flip``: uint8 [B, C, h, w]."""
     B, C, H, W = x.shape
     h, w = hw
     if h > H + 2 * pad or w > W + 2 * pad:
@@ -198,11 +197,10 @@ def _crop_flip(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, pad: int
     if not pad and not flip.any() and (h, w) == (H, W):
         return x
     xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    dev = x.device
-    b = torch.arange(B, device=dev)[:, None, None]
-    r = torch.as_tensor(rows, device=dev)[:, :, None]
-    c = torch.as_tensor(cols, device=dev)[:, None, :]
-    return xp.permute(0, 2, 3, 1)[b, r, c].permute(0, 3, 1, 2).contiguous()  # [B, h, w, C] -> [B, C, h, w]
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    flat = torch.as_tensor((rows[:, :, None] * Wp + cols[:, None, :]).reshape(B, 1, h * w), device=x.device)
+    # one gather over the flattened padded plane (torch's advanced indexing of [b, rows, cols] is ~100x slower)
+    return xp.reshape(B, C, Hp * Wp).gather(2, flat.expand(B, C, h * w)).reshape(B, C, h, w)
 
 
 def _resized_crop(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, scale: list[float],
