@@ -21,8 +21,8 @@ position, on any DDP rank and on CPU or CUDA, and the student and teacher views 
 agree by construction. kornia's own random modules are not used for drawing: they draw from torch's global RNG per
 batch, and kornia 0.8.1's ``AutoAugment`` picks one sub-policy per batch (``get_forward_sequence`` samples
 ``rand_selector.sample((1,))``), so a sample's draw would depend on its batch. The ops are kornia's functionals
-(``kornia.enhance``, ``kornia.geometry.transform``), applied grouped by op, so a batch costs at most one call per
-op kind and slot.
+(``kornia.enhance``, ``kornia.geometry.transform``), applied grouped by op, so a batch costs per AutoAugment slot
+one warp (all shears, translations and rotations, a matrix per sample) and one call per colour op present.
 
 **AutoAugment's magnitudes** are torchvision's (v0.28 ``AutoAugment._augmentation_space`` with 10 bins: a fixed
 value per bin, a random sign for the signed ops; nearest interpolation, zero fill), which is what the SNN
@@ -325,24 +325,47 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     return out.reshape(n, C, H, W).to(x.dtype).div_(255.0)
 
 
+#: The AutoAugment ops that move pixels: one affine warp each, fused into one kornia call per slot.
+GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
+
+
+def _affine_matrix(op: str, m: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The 2 x 3 forward matrices [n, 2, 3] kornia's ``shear`` / ``translate`` / ``rotate`` build for magnitudes
+    ``m`` [n]: shear as the official AutoAugment's PIL transform (1, m, 0, 0, 1, 0) (about the image's corner,
+    which is kornia's ``shear`` plus a translation of m / 2 pixel); translate by int(m * side) pixels as
+    torchvision; rotate by m degrees about the image centre (kornia's ``rotate``)."""
+    n = m.shape[0]
+    M = torch.zeros(n, 2, 3, dtype=m.dtype, device=m.device)
+    M[:, 0, 0] = M[:, 1, 1] = 1.0
+    if op == "shear_x":  # x' = x + m (y + 1/2): PIL's shear about the image's corner, in pixel-index coordinates
+        M[:, 0, 1] = m
+        M[:, 0, 2] = 0.5 * m
+    elif op == "shear_y":
+        M[:, 1, 0] = m
+        M[:, 1, 2] = 0.5 * m
+    elif op == "translate_x":
+        M[:, 0, 2] = torch.trunc(m * W)
+    elif op == "translate_y":
+        M[:, 1, 2] = torch.trunc(m * H)
+    else:  # rotate: kornia.geometry.transform.rotate's own matrix (centre ((W - 1) / 2, (H - 1) / 2))
+        centre = torch.tensor([[(W - 1) / 2, (H - 1) / 2]], dtype=m.dtype, device=m.device).expand(n, 2)
+        M = kornia.geometry.transform.get_rotation_matrix2d(centre, m, torch.ones_like(centre))
+    return M
+
+
+def _warp(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """kornia's affine warp as AutoAugment's geometric ops run it: nearest neighbour, zero fill."""
+    return kornia.geometry.transform.affine(x, M, mode="nearest", padding_mode="zeros", align_corners=True)
+
+
 def apply_aa_op(x: torch.Tensor, op: str, magnitude: torch.Tensor) -> torch.Tensor:
     """One AutoAugment op on float images [n, C, H, W] in [0, 1] with one magnitude per image (float [n]), by
     kornia's functionals (nearest interpolation, zero fill for the geometric ops); rounded to the 1/255 grid."""
     n, C, H, W = x.shape
     m = magnitude.to(x.device, x.dtype)
-    T = kornia.geometry.transform
     E = kornia.enhance
-    if op in ("shear_x", "shear_y"):  # (1, m, 0, 0, 1, 0) about the origin: the official AutoAugment's shear
-        zero = torch.zeros_like(m)
-        sh = torch.stack([m, zero] if op == "shear_x" else [zero, m], -1)
-        y = T.shear(x, sh, mode="nearest", padding_mode="zeros", align_corners=True)
-    elif op in ("translate_x", "translate_y"):
-        px = torch.trunc(m * (W if op == "translate_x" else H))  # torchvision: int(magnitude) pixels
-        zero = torch.zeros_like(px)
-        y = T.translate(x, torch.stack([px, zero] if op == "translate_x" else [zero, px], -1),
-                        mode="nearest", padding_mode="zeros", align_corners=True)
-    elif op == "rotate":
-        y = T.rotate(x, m, mode="nearest", padding_mode="zeros", align_corners=True)
+    if op in GEOMETRIC:
+        y = _warp(x, _affine_matrix(op, m, H, W))
     elif op == "brightness":  # PIL's Brightness: blend with black (kornia's adjust_brightness adds instead)
         y = x * (1.0 + m)[:, None, None, None]
     elif op == "color":  # PIL's Color: blend with the grayscale image; a 1-channel image has no colour
@@ -377,15 +400,28 @@ def aa_draw(idx: np.ndarray, seed: int, epoch: int, policy) -> tuple[np.ndarray,
 
 
 def _autoaugment(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, policy) -> torch.Tensor:
-    """Per sample one sub-policy, its two ops in order; one kornia call per (slot, op kind) present."""
+    """Per sample one sub-policy, its two ops in order; per slot one kornia warp for all the geometric ops and one
+    call per colour op present."""
     sub, applied, sign = aa_draw(idx, seed, epoch, policy)
     x = x.clone()
+    H, W = x.shape[-2:]
     for slot in (0, 1):
         names = np.array([policy[s][slot][0] for s in sub])
         bins = np.array([policy[s][slot][2] or 0 for s in sub])
-        for op in sorted(set(names[applied[:, slot]])):
-            rows = np.flatnonzero(applied[:, slot] & (names == op))
-            mag = np.array([aa_magnitude(op, bins[r], sign[r, slot]) for r in rows], dtype=np.float32)
+        mag = np.array([aa_magnitude(op, b, sg) for op, b, sg in zip(names, bins, sign[:, slot])], np.float32)
+        on = applied[:, slot]
+        geo = on & np.isin(names, GEOMETRIC)
+        if geo.any():  # every geometric op of this slot in one warp, a matrix per sample
+            rows = np.flatnonzero(geo)
+            m = torch.as_tensor(mag[rows], device=x.device)
+            M = torch.empty(len(rows), 2, 3, device=x.device)
+            for op in set(names[rows]):
+                k = torch.as_tensor(np.flatnonzero(names[rows] == op), device=x.device)
+                M[k] = _affine_matrix(op, m[k], H, W)
             sel = torch.as_tensor(rows, device=x.device)
-            x[sel] = apply_aa_op(x[sel], op, torch.as_tensor(mag))
+            x[sel] = _warp(x[sel], M).clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+        for op in sorted(set(names[on & ~geo])):
+            rows = np.flatnonzero(on & (names == op))
+            sel = torch.as_tensor(rows, device=x.device)
+            x[sel] = apply_aa_op(x[sel], op, torch.as_tensor(mag[rows]))
     return x

@@ -315,3 +315,46 @@ def test_cuda_draws_the_same_as_cpu(cfg):
     else:  # the same parameters; float kernels may round a pixel to the neighbouring 1/255 level
         diff = (gpu.cpu() - cpu).abs()
         assert float(diff.max()) <= 1.5 / 255 + 1e-6 and float((diff > 0).float().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("op", ["translate_x", "translate_y", "rotate"])
+def test_geometric_ops_are_kornias_own(op):
+    """The fused warp's matrices are those of kornia.geometry.transform.translate / rotate."""
+    import kornia.geometry.transform as T
+
+    x = _images(8, hw=32, seed=10).float() / 255
+    m = torch.tensor([0.3, -0.3, 0.1, -0.1, 0.25, -0.2, 0.0, 0.05]) * (100 if op == "rotate" else 1)
+    kw = dict(mode="nearest", padding_mode="zeros", align_corners=True)
+    if op.startswith("translate"):
+        px, zero = torch.trunc(m * 32), torch.zeros_like(m)
+        want = T.translate(x, torch.stack([px, zero] if op == "translate_x" else [zero, px], -1), **kw)
+    else:
+        want = T.rotate(x, m, **kw)
+    assert torch.equal(apply_aa_op(x, op, m), (want.clamp(0, 1) * 255).round() / 255)
+
+
+@pytest.mark.parametrize("op", ["shear_x", "shear_y"])
+def test_shear_matches_pil_affine(op):
+    """Shear as the official AutoAugment's PIL transform (1, m, 0, 0, 1, 0), nearest, zero fill: the same pixels
+    (with the opposite sign: kornia's matrix maps source to destination, PIL's destination to source; the sign is
+    drawn at random). Magnitude bins 0.2 and 0.0667 hit exact half-pixel ties, which PIL and grid_sample break
+    differently; the other bins are pixel-exact."""
+    x = _images(2, hw=32, seed=11)
+    for m in (0.3 * b / 9 for b in (1, 3, 4, 5, 7, 8, 9)):
+        for s in (1.0, -1.0):
+            got = _levels(apply_aa_op(x.float() / 255, op, torch.tensor([s * m, s * m])))
+            coeff = (1, -s * m, 0, 0, 1, 0) if op == "shear_x" else (1, 0, 0, -s * m, 1, 0)
+            want = np.stack([_from_pil(_pil(img).transform((32, 32), Image.Transform.AFFINE, coeff,
+                                                           Image.Resampling.NEAREST, fillcolor=0)) for img in x])
+            assert np.array_equal(got, want), (m, s)
+
+
+def test_rotate_matches_pil():
+    """Rotate as PIL's Image.rotate (counter-clockwise, about the centre, nearest, zero fill), the op the paper's
+    code and torchvision run on PIL images: the same pixels up to float rounding at a few exact ties."""
+    x = _images(2, hw=32, seed=12)
+    for deg in (30.0 * b / 9 for b in range(1, 10)):
+        got = _levels(apply_aa_op(x.float() / 255, "rotate", torch.tensor([deg, -deg])))
+        want = np.stack([_from_pil(_pil(img).rotate(d, Image.Resampling.NEAREST, fillcolor=0))
+                         for img, d in zip(x, (deg, -deg))])
+        assert (got != want).mean() < 0.005, deg
