@@ -3,13 +3,14 @@ batches) vs a plain per-sample PIL + numpy pipeline (what torchvision's CIFAR10 
 RandomHorizontalFlip, [AutoAugment(CIFAR10), ] ToTensor, Normalize[, Cutout] and default_collate does).
 
     .venv/bin/python bench/bench_image_input.py [--store data_cache/images/cifar10.zarr] [--rounds 5]
-        [--batches 40] [--quick]
+        [--batches 40] [--threads 1|2] [--quick]
 
 The images come from the image store's train split (`_train_split`; a random uint8 [50000, 3, 32, 32] array, with
 a printed note, when there is no store or no `pipeline.image_store` yet). Both pipelines draw a shuffled epoch
 order and hand out (images float32 [128, 3, 32, 32] normalised, labels int64 [128]):
 
-* ours: ``images[idx]`` (one numpy gather) -> `augment_batch` -> ``(x - mean) / std``, with 1 and 2 torch threads;
+* ours: ``images[idx]`` (one numpy gather) -> `augment_batch` -> ``(x - mean) / std``, one torch thread (and
+  ``--threads 2``: a second row with two);
 * peer: per sample ``PIL.Image.fromarray`` (torchvision keeps CIFAR as N x 32 x 32 x 3), pad + random crop and
   flip in PIL with torchvision's per-sample torch draws, (AutoAugment's ops in PIL: ImageOps / ImageEnhance /
   Image.transform, torchvision's magnitudes,) ToTensor, Normalize, (DeVries's numpy Cutout mask,) then
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--store", type=Path, default=Path("data_cache/images/cifar10.zarr"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=40, help="batches of 128 per round and row")
+    ap.add_argument("--threads", type=int, choices=(1, 2), default=1, help="2: also a row of ours on two threads")
     ap.add_argument("--quick", action="store_true", help="3 rounds of 8 batches (a CI-sized check)")
     args = ap.parse_args(argv)
     rounds, n_batches = (3, 8) if args.quick else (args.rounds, args.batches)
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[str, float]] = {}
     try:
         for name, (cfg, aa, cut) in configs.items():
-            times: dict[str, list[float]] = {"ours, 1 thread": [], "ours, 2 threads": [], "PIL + numpy per sample": []}
+            rows = ["ours, 1 thread"] + (["ours, 2 threads"] if args.threads == 2 else []) + ["PIL + numpy per sample"]
+            times: dict[str, list[float]] = {row: [] for row in rows}
             for r in range(rounds):
                 order = np.random.default_rng(r).permutation(len(images))
                 for row in times:

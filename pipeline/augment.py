@@ -30,28 +30,46 @@ literature's CIFAR code runs; kornia 0.8.1's ``AutoAugment`` maps the bins diffe
 so rotate bin 2 is -18..-12 degrees; ShearX/Y multiplied by 180 twice, giving shears of thousands of degrees) and is
 not used for that reason. As PIL and torchvision do on uint8 images, the image is rounded to the 1/255 grid after
 each op.
+
+kornia is imported inside the functions that run it, so that importing this module (every stage that builds a
+`pipeline.runs.TrainConfig` does) costs no kornia import (about a second).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.augmentation.auto.autoaugment.autoaugment import cifar10_policy
 
 from pipeline.config import ConfigError, check_choice
 
 __all__ = ["ImageAugment", "augment_batch", "to_float", "AUTOAUGMENT_POLICIES", "draw_uniform"]
 
-#: AutoAugment policies by name: 25 sub-policies of two ``(op, probability, magnitude bin 0..9 | None)``; the
-#: CIFAR-10 one is kornia's table (kornia/augmentation/auto/autoaugment/autoaugment.py ``cifar10_policy``), checked
-#: in tests/test_augment.py against the paper's appendix (Cubuk et al. 2019, "Policy found on reduced CIFAR-10").
+#: AutoAugment policies by name: 25 sub-policies of two ``(op, probability, magnitude bin 0..9 | None)``. CIFAR-10:
+#: Cubuk et al. 2019 (AutoAugment), appendix "Policy found on reduced CIFAR-10", as kornia 0.8.1 lists it
+#: (kornia/augmentation/auto/autoaugment/autoaugment.py ``cifar10_policy``; torchvision 0.28 lists the same).
+#: Kept here rather than imported so that the stages that only read a config do not import kornia (1 s);
+#: tests/test_augment.py checks it equals kornia's table and the paper's.
 AUTOAUGMENT_POLICIES: dict[str, tuple[tuple[tuple[str, float, int | None], ...], ...]] = {
-    "cifar10": tuple(tuple((name, float(p), m) for name, p, m in sub) for sub in cifar10_policy),
+    "cifar10": (
+        (("invert", 0.1, None), ("contrast", 0.2, 6)), (("rotate", 0.7, 2), ("translate_x", 0.3, 9)),
+        (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)), (("shear_y", 0.5, 8), ("translate_y", 0.7, 9)),
+        (("auto_contrast", 0.5, None), ("equalize", 0.9, None)), (("shear_y", 0.2, 7), ("posterize", 0.3, 7)),
+        (("color", 0.4, 3), ("brightness", 0.6, 7)), (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+        (("equalize", 0.6, None), ("equalize", 0.5, None)), (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+        (("color", 0.7, 7), ("translate_x", 0.5, 8)), (("equalize", 0.3, None), ("auto_contrast", 0.4, None)),
+        (("translate_y", 0.4, 3), ("sharpness", 0.2, 6)), (("brightness", 0.9, 6), ("color", 0.2, 8)),
+        (("solarize", 0.5, 2), ("invert", 0.0, None)), (("equalize", 0.2, None), ("auto_contrast", 0.6, None)),
+        (("equalize", 0.2, None), ("equalize", 0.6, None)), (("color", 0.9, 9), ("equalize", 0.6, None)),
+        (("auto_contrast", 0.8, None), ("solarize", 0.2, 8)), (("brightness", 0.1, 3), ("color", 0.7, 0)),
+        (("solarize", 0.4, 5), ("auto_contrast", 0.9, None)), (("translate_y", 0.9, 9), ("translate_y", 0.7, 9)),
+        (("auto_contrast", 0.9, None), ("solarize", 0.8, 3)), (("equalize", 0.8, None), ("invert", 0.1, None)),
+        (("translate_y", 0.7, 9), ("auto_contrast", 0.9, None)),
+    ),
 }
 
 
@@ -231,6 +249,8 @@ def _resized_crop(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, scale
             (int(round(H * 3 / 4)), H) if in_ratio < 3 / 4 else (W, H))
         ch[~done], cw[~done] = fh, fw
         top[~done], left[~done] = (H - fh) // 2, (W - fw) // 2
+    import kornia  # here, not at the top: the stages that only build a TrainConfig need not import it
+
     x0, y0 = left.astype(np.float32), top.astype(np.float32)
     x1, y1 = x0 + cw - 1, y0 + ch - 1
     boxes = np.stack([np.stack([x0, y0], -1), np.stack([x1, y0], -1), np.stack([x1, y1], -1),
@@ -290,6 +310,8 @@ def aa_magnitude(op: str, bin_: int | None, sign: float | np.ndarray = 1.0) -> n
 
 def _gray_mean(x: torch.Tensor) -> torch.Tensor:
     """Per-image mean of the grayscale image (ITU-R 601-2 luma, as PIL and torchvision): [B, 1, 1, 1]."""
+    import kornia
+
     g = kornia.color.rgb_to_grayscale(x) if x.shape[1] == 3 else x.mean(1, keepdim=True)
     return g.mean((-3, -2, -1), keepdim=True)
 
@@ -348,6 +370,8 @@ def _affine_matrix(op: str, m: torch.Tensor, H: int, W: int) -> torch.Tensor:
     elif op == "translate_y":
         M[:, 1, 2] = torch.trunc(m * H)
     else:  # rotate: kornia.geometry.transform.rotate's own matrix (centre ((W - 1) / 2, (H - 1) / 2))
+        import kornia
+
         centre = torch.tensor([[(W - 1) / 2, (H - 1) / 2]], dtype=m.dtype, device=m.device).expand(n, 2)
         M = kornia.geometry.transform.get_rotation_matrix2d(centre, m, torch.ones_like(centre))
     return M
@@ -355,12 +379,16 @@ def _affine_matrix(op: str, m: torch.Tensor, H: int, W: int) -> torch.Tensor:
 
 def _warp(x: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """kornia's affine warp as AutoAugment's geometric ops run it: nearest neighbour, zero fill."""
+    import kornia
+
     return kornia.geometry.transform.affine(x, M, mode="nearest", padding_mode="zeros", align_corners=True)
 
 
 def apply_aa_op(x: torch.Tensor, op: str, magnitude: torch.Tensor) -> torch.Tensor:
     """One AutoAugment op on float images [n, C, H, W] in [0, 1] with one magnitude per image (float [n]), by
     kornia's functionals (nearest interpolation, zero fill for the geometric ops); rounded to the 1/255 grid."""
+    import kornia
+
     n, C, H, W = x.shape
     m = magnitude.to(x.device, x.dtype)
     E = kornia.enhance
@@ -392,11 +420,21 @@ def apply_aa_op(x: torch.Tensor, op: str, magnitude: torch.Tensor) -> torch.Tens
 
 def aa_draw(idx: np.ndarray, seed: int, epoch: int, policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each sample's AutoAugment draw: sub-policy int64 [B], applied bool [B, 2], sign float64 [B, 2] (+-1)."""
-    sub = _randint(draw_uniform(seed, epoch, idx, _K_AA_SUB), len(policy))
+    u = draw_uniform(seed, epoch, np.asarray(idx)[:, None],
+                     np.array([_K_AA_SUB, _K_AA_APPLY, _K_AA_APPLY + 1, _K_AA_SIGN, _K_AA_SIGN + 1]))  # [B, 5]
+    sub = _randint(u[:, 0], len(policy))
     probs = np.array([[p for _, p, _ in s] for s in policy])[sub]  # [B, 2]
-    u = np.stack([draw_uniform(seed, epoch, idx, _K_AA_APPLY + j) for j in (0, 1)], 1)
-    sign = np.where(np.stack([draw_uniform(seed, epoch, idx, _K_AA_SIGN + j) for j in (0, 1)], 1) < 0.5, -1.0, 1.0)
-    return sub, u < probs, sign  # torchvision applies when U <= p; U < p differs on a set of measure zero
+    sign = np.where(u[:, 3:5] < 0.5, -1.0, 1.0)
+    return sub, u[:, 1:3] < probs, sign  # torchvision applies when U <= p; U < p differs on a set of measure zero
+
+
+@functools.lru_cache(maxsize=None)
+def _policy_table(policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """op names [S, 2], unsigned magnitudes float32 [S, 2] and signed-op flags [S, 2] of a policy's sub-policies."""
+    names = np.array([[op for op, _, _ in sub] for sub in policy])
+    mags = np.array([[aa_magnitude(op, b) for op, _, b in sub] for sub in policy], dtype=np.float32)
+    signed = np.array([[_MAGNITUDES[op][1] for op, _, _ in sub] for sub in policy])
+    return names, mags, signed
 
 
 def _autoaugment(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, policy) -> torch.Tensor:
@@ -405,10 +443,10 @@ def _autoaugment(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, policy
     sub, applied, sign = aa_draw(idx, seed, epoch, policy)
     x = x.clone()
     H, W = x.shape[-2:]
+    table_names, table_mags, table_signed = _policy_table(policy)
     for slot in (0, 1):
-        names = np.array([policy[s][slot][0] for s in sub])
-        bins = np.array([policy[s][slot][2] or 0 for s in sub])
-        mag = np.array([aa_magnitude(op, b, sg) for op, b, sg in zip(names, bins, sign[:, slot])], np.float32)
+        names = table_names[sub, slot]
+        mag = (table_mags[sub, slot] * np.where(table_signed[sub, slot], sign[:, slot], 1.0)).astype(np.float32)
         on = applied[:, slot]
         geo = on & np.isin(names, GEOMETRIC)
         if geo.any():  # every geometric op of this slot in one warp, a matrix per sample

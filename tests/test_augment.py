@@ -211,10 +211,12 @@ _SNAKE = {"AutoContrast": "auto_contrast", "ShearX": "shear_x", "ShearY": "shear
           "TranslateY": "translate_y"}
 
 
-def test_cifar10_policy_is_the_papers():
-    ours = AUTOAUGMENT_POLICIES["cifar10"]
-    paper = [[(_SNAKE.get(n, n.lower()), p, m) for n, p, m in sub] for sub in PAPER_CIFAR10]
-    assert [list(s) for s in ours] == paper
+def test_cifar10_policy_is_the_papers_and_kornias():
+    from kornia.augmentation.auto.autoaugment.autoaugment import cifar10_policy
+
+    ours = [list(s) for s in AUTOAUGMENT_POLICIES["cifar10"]]
+    assert ours == [[(_SNAKE.get(n, n.lower()), p, m) for n, p, m in sub] for sub in PAPER_CIFAR10]
+    assert ours == [[(n, float(p), m) for n, p, m in sub] for sub in cifar10_policy]
 
 
 def test_magnitude_bins_are_torchvisions():
