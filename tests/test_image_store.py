@@ -62,11 +62,14 @@ def test_cifar10_round_trip_image_by_image(tmp_path, fmt):
     for split, (img, lab) in {"train": (tr_img, tr_lab), "val": (tr_img, tr_lab), "test": (te_img, te_lab)}.items():
         s = store[split]
         src = s.source_index
-        assert s.load().shape == (len(s), 3, 32, 32) and s.load().dtype == np.uint8 and s.load().flags.c_contiguous
-        for j in range(len(s)):  # image by image, label by label
+        for j in range(len(s)):  # image by image (read from disk), label by label
             np.testing.assert_array_equal(s.images(j, j + 1)[0], img[src[j]])
             assert s.labels[j] == lab[src[j]]
-        np.testing.assert_array_equal(s.images(5, 17), s.load()[5:17])
+        batch = s.images(5, 17)
+        assert not s.loaded and batch.flags.c_contiguous and batch.shape == (12, 3, 32, 32)
+        assert s.load().shape == (len(s), 3, 32, 32) and s.load().dtype == np.uint8 and s.load().flags.c_contiguous
+        np.testing.assert_array_equal(s.images(5, 17), batch)
+        np.testing.assert_array_equal(s.load(), img[src])
         if split != "test":
             seen.append(set(src.tolist()))
             assert list(src) == sorted(src)  # release order kept
