@@ -333,6 +333,17 @@ def _posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     return (x.mul(255.0).round_().to(torch.uint8) & mask).to(x.dtype).div_(255.0)
 
 
+def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """kornia's ``sharpness`` (PIL's: blend with the 3 x 3 smoothed image [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13,
+    the border pixels kept) with the per-image blend vectorised: kornia blends image by image in Python."""
+    C = x.shape[1]
+    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype, device=x.device) / 13
+    smooth = F.conv2d(x, kernel.view(1, 1, 3, 3).expand(C, 1, 3, 3), groups=C).clamp_(0.0, 1.0)
+    degenerate = x.clone()
+    degenerate[..., 1:-1, 1:-1] = smooth
+    return (degenerate + (x - degenerate) * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
 def _equalize(x: torch.Tensor) -> torch.Tensor:
     """PIL's ImageOps.equalize per image and channel (the algorithm of kornia's and torchvision's ``equalize``:
     lut = (cumsum(hist) + step // 2) // step shifted by one bin, step = (N - count of the top value) // 255; a
@@ -402,7 +413,7 @@ def apply_aa_op(x: torch.Tensor, op: str, magnitude: torch.Tensor) -> torch.Tens
         f = (1.0 + m)[:, None, None, None]
         y = x * f + _gray_mean(x) * (1.0 - f)
     elif op == "sharpness":
-        y = E.sharpness(x, 1.0 + m)
+        y = _sharpness(x, 1.0 + m)
     elif op == "posterize":
         y = _posterize(x, m.round().to(torch.int64))
     elif op == "solarize":
@@ -439,9 +450,8 @@ def _policy_table(policy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _autoaugment(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, policy) -> torch.Tensor:
     """Per sample one sub-policy, its two ops in order; per slot one kornia warp for all the geometric ops and one
-    call per colour op present."""
+    call per colour op present. Writes into ``x`` (`augment_batch` hands it a tensor of its own) and returns it."""
     sub, applied, sign = aa_draw(idx, seed, epoch, policy)
-    x = x.clone()
     H, W = x.shape[-2:]
     table_names, table_mags, table_signed = _policy_table(policy)
     for slot in (0, 1):
@@ -457,9 +467,9 @@ def _autoaugment(x: torch.Tensor, idx: np.ndarray, seed: int, epoch: int, policy
                 k = torch.as_tensor(np.flatnonzero(names[rows] == op), device=x.device)
                 M[k] = _affine_matrix(op, m[k], H, W)
             sel = torch.as_tensor(rows, device=x.device)
-            x[sel] = _warp(x[sel], M).clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0)
+            x.index_copy_(0, sel, _warp(x.index_select(0, sel), M).clamp_(0.0, 1.0).mul_(255.0).round_().div_(255.0))
         for op in sorted(set(names[on & ~geo])):
             rows = np.flatnonzero(on & (names == op))
             sel = torch.as_tensor(rows, device=x.device)
-            x[sel] = apply_aa_op(x[sel], op, torch.as_tensor(mag[rows]))
+            x.index_copy_(0, sel, apply_aa_op(x.index_select(0, sel), op, torch.as_tensor(mag[rows])))
     return x

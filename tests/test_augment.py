@@ -273,6 +273,16 @@ def test_colour_ops_match_pil(op, pil_fn, magnitude, tol):
     assert np.abs(got - want).max() <= tol
 
 
+def test_sharpness_and_equalize_are_kornias():
+    """The two ops vectorised here (kornia loops per image) give kornia's own results."""
+    import kornia
+
+    x = _images(12, hw=16, seed=13).float() / 255
+    f = torch.linspace(0.1, 1.9, 12)
+    assert torch.equal(apply_aa_op(x, "sharpness", f - 1), (kornia.enhance.sharpness(x, f) * 255).round() / 255)
+    assert torch.equal(apply_aa_op(x, "equalize", f), (kornia.enhance.equalize(x) * 255).round() / 255)
+
+
 def test_translate_is_an_integer_shift_with_zero_fill():
     x = _images(4, hw=16, seed=8)
     y = _levels(apply_aa_op(x.float() / 255, "translate_x", torch.tensor([0.25, -0.25, 0.0, 0.1])))
