@@ -112,8 +112,10 @@ class ImageAugment:
 
     @property
     def active(self) -> bool:
-        """Does this config change anything beyond `to_float`?"""
-        return bool(self.crop_pad or self.flip_p or self.autoaugment or self.cutout_px or self.resized_crop)
+        """Does this config draw anything? (``out_hw`` alone: a random ``out_hw`` window in training, the centre
+        one in `to_float`.)"""
+        return bool(self.crop_pad or self.flip_p or self.autoaugment or self.cutout_px or self.resized_crop
+                    or self.out_hw)
 
 
 # ------------------------------------------------------------------------------------------ counter-based draws
@@ -176,7 +178,7 @@ def augment_batch(x: torch.Tensor, index: torch.Tensor, *, seed: int, epoch: int
     if index.shape != x.shape[:1]:
         raise ValueError(f"index has shape {tuple(index.shape)}; expected ({x.shape[0]},), one per image")
     if not cfg.active:
-        return to_float(x, cfg.out_hw)
+        return to_float(x)
     idx = index.detach().to("cpu", torch.int64).numpy()
     B, C, H, W = x.shape
     h, w = (H, W) if cfg.out_hw is None else (int(cfg.out_hw[0]), int(cfg.out_hw[1]))
