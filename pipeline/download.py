@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if image:
-        what = "ships inside scikit-learn: nothing to download" if spec.embedded else \
-            f"{len(files)} file(s) in place and verified under {raw}"
+        what = ("ships inside scikit-learn: nothing to download" if spec.embedded else
+                f"{len(files)} file(s) in place and verified under {raw}" if spec.downloads else
+                f"the ILSVRC2012 tree is in place under {raw} (its layout is checked by the ingest)")
         print(f"{spec.name}: {what} (next: python -m pipeline.ingest_images {spec.name})")
         return 0
     print(f"{spec.name}: {len(files)} file(s) verified and extracted under {raw}")

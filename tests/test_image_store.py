@@ -347,3 +347,14 @@ def test_download_offline_message_md5_and_check_params(tmp_path, monkeypatch, ca
         (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
         assert dl.check_params(tmp_path / "p.yaml") == code, selected
     assert "cifar10: " in capsys.readouterr().err
+
+
+def test_imagenet_bad_jpeg_named_nothing_written(tmp_path):
+    imagenet_tree(tmp_path / "raw", flat_val=False)
+    bad = sorted((tmp_path / "raw" / "train" / WNIDS[1]).glob("*.JPEG"))[0]
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "in.zarr"
+    with pytest.raises(RawDataError, match=rf"{bad.name}: not a decodable image"):
+        ingest_images(IMAGE_DATASETS["imagenet"], tmp_path / "raw", out, "zarr", val=1, options={"size": 16},
+                      progress=False)
+    assert not out.exists() and not list(tmp_path.glob("in.zarr*"))

@@ -160,7 +160,12 @@ def carve_per_class(train_index: np.ndarray, labels: np.ndarray, val: float,
     if not val:
         return np.asarray(train_index, np.int64), np.zeros(0, np.int64)
     lab = dict(zip(np.asarray(train_index).tolist(), np.asarray(labels).tolist()))
-    tr, va = carve_validation(list(lab), group=lambda i: i, per_class=lambda i: lab[i], **val_size(val, where))
+    try:
+        tr, va = carve_validation(list(lab), group=lambda i: i, per_class=lambda i: lab[i], **val_size(val, where))
+    except ConfigError as err:
+        if str(err).startswith(where):
+            raise
+        raise ConfigError(f"{where} = {val}: {err}") from None
     return np.asarray(tr, np.int64), np.asarray(va, np.int64)
 
 
