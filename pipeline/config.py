@@ -117,7 +117,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
 
 
 #: Top-level sections of params.yaml; a --set naming anything else is a typo, not a new section.
-SECTIONS = ("datasets", "methods", "seeds", "paths", "ingest", "digits_dvs", "orbit_digits", "bin", "train", "evaluate", "recipes")
+SECTIONS = ("datasets", "image_datasets", "methods", "seeds", "paths", "ingest", "digits_dvs", "orbit_digits", "bin", "train", "evaluate", "recipes")
 
 
 def apply_overrides(params: dict, overrides: list[str] | None) -> dict:
