@@ -60,6 +60,11 @@ class PathsConfig:
     frames_root: str = "data_cache/frames"
     runs_root: str = "data_cache/runs"
     report_root: str = "data_cache/report"
+    images_root: str = "data_cache/images"  # image stores (pipeline.ingest_images)
+
+    def image_store_path(self, dataset: str, fmt: str) -> Path:
+        """Where the image store of ``dataset`` lives: ``<images_root>/<dataset>.zarr`` (or ``.h5``)."""
+        return Path(self.images_root) / f"{dataset}.{'zarr' if fmt == 'zarr' else 'h5'}"
 
     def store_path(self, dataset: str, fmt: str) -> Path:
         """Where the event store of ``dataset`` lives: ``<events_root>/<dataset>.zarr`` (or ``.h5``)."""
@@ -79,7 +84,8 @@ class IngestConfig:
     # dataset -> validation size carved from the training side (pipeline.datasets.base.val_size: 0 none, a
     # fraction in (0, 1), or N whole groups; checked there); a dataset not named gets its spec's default_val
     val: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"dvs_gesture": 0.15, "digits_dvs": 0.15, "cifar10_dvs": 0.1})
+        default_factory=lambda: {"dvs_gesture": 0.15, "digits_dvs": 0.15, "cifar10_dvs": 0.1,
+                                 "cifar10": 0.1, "cifar100": 0.1, "imagenet": 10, "digits_img": 0.15})
 
     def __post_init__(self) -> None:
         check_choice("ingest.format", self.format, FORMATS)
@@ -117,7 +123,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict:
 
 
 #: Top-level sections of params.yaml; a --set naming anything else is a typo, not a new section.
-SECTIONS = ("datasets", "image_datasets", "methods", "seeds", "paths", "ingest", "digits_dvs", "orbit_digits", "bin", "train", "evaluate", "recipes")
+SECTIONS = ("datasets", "methods", "seeds", "paths", "ingest", "digits_dvs", "orbit_digits", "bin", "train", "evaluate", "recipes",
+            "image_datasets", "digits_img")
 
 
 def apply_overrides(params: dict, overrides: list[str] | None) -> dict:

@@ -10,11 +10,7 @@ batch written by Python 3's own pickler (bytes via ``_codecs.encode``) is read t
 
 from __future__ import annotations
 
-import io
 import pickle
-import struct
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,100 +18,7 @@ import pytest
 from pipeline.io.checksums import md5sum
 from pipeline.io.cifar import read_cifar
 from pipeline.io.errors import RawDataError
-
-
-# ---------------------------------------------------------------- Python 2 cPickle, protocol 2, by hand
-def _str(b: bytes) -> bytes:  # a Python 2 str: SHORT_BINSTRING / BINSTRING
-    return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
-
-
-def _int(v: int) -> bytes:  # BININT1 / BININT2 / BININT
-    if 0 <= v < 256:
-        return b"K" + bytes([v])
-    if 0 <= v < 65536:
-        return b"M" + struct.pack("<H", v)
-    return b"J" + struct.pack("<i", v)
-
-
-def _ndarray_u1(a: np.ndarray) -> bytes:
-    """numpy 1.x ``ndarray.__reduce__`` for a C-contiguous uint8 array, as Python 2 pickled it."""
-    assert a.dtype == np.uint8 and a.ndim == 2
-    shape = _int(a.shape[0]) + _int(a.shape[1]) + b"\x86"  # TUPLE2
-    dtype = (b"cnumpy\ndtype\n" + _str(b"u1") + _int(0) + _int(1) + b"\x87R"  # dtype('u1', 0, 1)
-             + b"(" + _int(3) + _str(b"|") + b"NNN" + b"J\xff\xff\xff\xff" * 2 + _int(0) + b"tb")
-    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _int(0) + b"\x85" + _str(b"b") + b"\x87R"
-            + b"(" + _int(1) + shape + dtype + b"\x89" + _str(a.tobytes()) + b"tb")
-
-
-def _list(items: list[bytes]) -> bytes:
-    return b"](" + b"".join(items) + b"e"
-
-
-def _py2_pickle(d: dict[bytes, object]) -> bytes:
-    body = b""
-    for k, v in d.items():
-        if isinstance(v, np.ndarray):
-            enc = _ndarray_u1(v)
-        elif isinstance(v, bytes):
-            enc = _str(v)
-        elif isinstance(v, int):
-            enc = _int(v)
-        else:
-            enc = _list([_int(x) if isinstance(x, int) else _str(x) for x in v])
-        body += _str(k) + enc
-    return b"\x80\x02}(" + body + b"u."
-
-
-def _images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def write_cifar10(path: Path, per_batch: int = 40, pickler=_py2_pickle, drop: str | None = None) -> dict:
-    """A CIFAR-10 tarball with ``per_batch`` images in each of the six batches; returns what it holds."""
-    root = "cifar-10-batches-py"
-    truth = {"train": [], "test": []}
-    members = {f"{root}/batches.meta": pickler({b"label_names": [f"class{i}".encode() for i in range(10)],
-                                                b"num_cases_per_batch": per_batch, b"num_vis": 3072})}
-    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
-        data = _images(per_batch, k)
-        labels = [(3 * j + k) % 10 for j in range(per_batch)]
-        members[f"{root}/{name}"] = pickler({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                                             b"filenames": [f"{name}_{j}.png".encode() for j in range(per_batch)]})
-        truth["test" if name == "test_batch" else "train"].append((data, labels))
-    if drop:
-        members.pop(f"{root}/{drop}")
-    _tar(path, members)
-    return truth
-
-
-def write_cifar100(path: Path, n_train: int = 120, n_test: int = 50) -> dict:
-    root = "cifar-100-python"
-    members = {f"{root}/meta": _py2_pickle({b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-                                            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]})}
-    truth = {}
-    for k, (name, n) in enumerate((("train", n_train), ("test", n_test))):
-        data = _images(n, 10 + k)
-        fine = [(7 * j + k) % 100 for j in range(n)]
-        members[f"{root}/{name}"] = _py2_pickle({b"filenames": [f"{j}.png".encode() for j in range(n)],
-                                                 b"batch_label": name.encode(), b"fine_labels": fine,
-                                                 b"coarse_labels": [f // 5 for f in fine], b"data": data})
-        truth[name] = (data, fine)
-    _tar(path, members)
-    return truth
-
-
-def _planes_to_image(row: np.ndarray) -> np.ndarray:
-    """The CIFAR page's description, read literally: R plane, G plane, B plane, each 32 rows of 32."""
-    return np.stack([row[c * 1024:(c + 1) * 1024].reshape(32, 32) for c in range(3)])
+from tests.image_files import _images, _planes_to_image, _py2_pickle, _tar, write_cifar10, write_cifar100
 
 
 # ---------------------------------------------------------------- tests

@@ -8,7 +8,6 @@ devkit's fields. The reduced decode is compared with Pillow's full decode resize
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,49 +15,7 @@ from PIL import Image
 
 from pipeline.io.errors import RawDataError
 from pipeline.io.imagenet import decode_reduced, list_imagenet
-
-WNIDS = ("n01440764", "n01443537", "n02102040")
-SKLEARN_PHOTOS = Path(__import__("sklearn.datasets", fromlist=["x"]).__file__).parent / "images"
-
-
-def _jpeg(path: Path, seed: int, size=(96, 64), mode="RGB") -> None:
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)  # smooth, photo-like
-    arr = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (img.convert("CMYK") if mode == "CMYK" else img).save(path, "JPEG", quality=90)
-
-
-def _meta_mat(path: Path, wnids: tuple[str, ...]) -> list[int]:
-    """A devkit meta.mat: synsets 1..n leaves (with our WNIDs in a shuffled ID order) plus one non-leaf."""
-    from scipy.io import savemat
-
-    ids = [3, 1, 2][: len(wnids)]
-    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
-    rows = [(i, w, f"class {w}", 0) for i, w in zip(ids, wnids)] + [(len(wnids) + 1, "n00001740", "entity", 3)]
-    synsets = np.array(rows, dtype=dt).reshape(-1, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    savemat(path, {"synsets": synsets})
-    return ids
-
-
-def _tree(root: Path, flat_val: bool) -> list[int]:
-    for c, w in enumerate(WNIDS):
-        for k in range(2):
-            _jpeg(root / "train" / w / f"{w}_{k}.JPEG", 10 * c + k)
-    (root / "train" / WNIDS[0] / f"{WNIDS[0]}_9.JPEG").write_bytes((SKLEARN_PHOTOS / "china.jpg").read_bytes())
-    val_labels = [2, 0, 1, 0]
-    if not flat_val:
-        for i, lab in enumerate(val_labels, start=1):
-            _jpeg(root / "val" / WNIDS[lab] / f"ILSVRC2012_val_{i:08d}.JPEG", 100 + i)
-        return val_labels
-    ids = _meta_mat(root / "ILSVRC2012_devkit_t12/data/meta.mat", WNIDS)
-    for i in range(1, len(val_labels) + 1):
-        _jpeg(root / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", 100 + i)
-    (root / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").write_text(
-        "".join(f"{ids[lab]}\n" for lab in val_labels))
-    return val_labels
+from tests.image_files import SKLEARN_PHOTOS, WNIDS, _jpeg, imagenet_tree as _tree
 
 
 @pytest.mark.parametrize("flat", [False, True], ids=["val_class_folders", "val_flat_devkit"])
