@@ -23,6 +23,7 @@ import torch
 from models.losses import KD_ON, METHODS, SSD_TARGETS, TASK_LOSSES
 from models.nets import BN_STATS, WEAK_HEADS, SpikingNet, build_model
 from models.neurons import NeuronConfig
+from pipeline.augment import ImageAugment
 from pipeline.config import ConfigError, build, check_choice
 from pipeline.data import TEACHER_INPUTS, Augment
 from pipeline.errors import Refusal
@@ -42,8 +43,9 @@ class TrainConfig(Timesteps):
     ``T_s``, ``T_t`` and ``teacher_T`` come from `pipeline.frames.Timesteps`. The choices are those of the code
     that implements them: ``method`` a key of `models.losses.METHODS`, ``task_loss`` of
     `models.losses.TASK_LOSSES`, ``neuron`` a `models.neurons.NeuronConfig`, ``augment`` a
-    `pipeline.data.Augment`; ``arch`` and ``weak_stages`` are checked by `models.nets.build_model` against the
-    input size before any work (`pipeline.train`)."""
+    `pipeline.data.Augment` (event frames), ``image_augment`` a `pipeline.augment.ImageAugment` (static images);
+    ``arch`` and ``weak_stages`` are checked by `models.nets.build_model` against the input size before any work
+    (`pipeline.train`)."""
 
     method: str = "tssd"  # baseline | multi_T | tsd | ssd | tssd
     arch: str = "small"  # small | gesture_net | vggsnn
@@ -71,6 +73,7 @@ class TrainConfig(Timesteps):
     weak_stages: list[str] | None = None  # null = the architecture's middle stage
     neuron: NeuronConfig = dataclasses.field(default_factory=lambda: NeuronConfig(alpha=1.0))
     augment: Augment = dataclasses.field(default_factory=Augment)
+    image_augment: ImageAugment = dataclasses.field(default_factory=ImageAugment)  # static images (all off)
     in_memory: bool = True  # load frame caches into RAM
     num_workers: int = 0
     amp: bool = True  # autocast on CUDA (bf16 where supported)
