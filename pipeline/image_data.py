@@ -97,7 +97,8 @@ def epoch_order(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0
 
 def epoch_batches(split: ImageSplit, batch_size: int, device: torch.device, *, seed: int, epoch: int,
                   rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(images uint8 [B, C, H, W], index int64 [B], labels int64 [B])`` on ``device`` for one epoch."""
+    """Yield ``(images uint8 [B, C, H, W] on device, index int64 [B] on the host, labels int64 [B] on device)``
+    for one epoch."""
     for idx in epoch_order(len(split), batch_size, seed=seed, epoch=epoch, rank=rank, world=world):
         yield _gather(split, idx, device)
 
@@ -111,10 +112,11 @@ def ordered_batches(split: ImageSplit, batch_size: int, device: torch.device, *,
 
 
 def _gather(split: ImageSplit, idx: torch.Tensor, device: torch.device):
+    # the index stays on the host: augment_batch draws there (a device copy would only be copied back)
     x = split.images.index_select(0, idx)
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
-    return x, idx.to(device), split.labels.index_select(0, idx).to(device)
+    return x, idx, split.labels.index_select(0, idx).to(device)
 
 
 def normaliser(store, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,12 +135,13 @@ def direct(x: torch.Tensor, T: int) -> torch.Tensor:
 
 def train_input(images: torch.Tensor, index: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor], *, seed: int,
                 epoch: int, augment: ImageAugment) -> torch.Tensor:
-    """A training batch: augmented (`augment_batch`, per (seed, epoch, index)), normalised; float32 [B, C, h, w]."""
-    x = augment_batch(images, index, seed=seed, epoch=epoch, cfg=augment)
+    """A training batch: augmented (`augment_batch`, per (seed, epoch, index)), normalised; float32 [B, C, h, w].
+    Cutout fills with the store's mean, so the square is zero after normalisation (DeVries & Taylor's code)."""
+    x = augment_batch(images, index, seed=seed, epoch=epoch, cfg=augment, fill=norm[0].view(-1))
     return (x - norm[0]) / norm[1]
 
 
 def eval_input(images: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor], augment: ImageAugment
                ) -> torch.Tensor:
     """A scoring batch: no augmentation (`to_float`: x / 255, center crop to ``out_hw`` if set), normalised."""
-    return (to_float(images, augment) - norm[0]) / norm[1]
+    return (to_float(images, augment.out_hw) - norm[0]) / norm[1]

@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +55,7 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section
+from pipeline.datasets.base import MissingRawDataError
 from pipeline.datasets.images import IMAGE_DATASETS
 from pipeline.data import CacheView, MultiViewDataset, teacher_frames
 from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
@@ -768,7 +770,7 @@ def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig)
     try:
         check_writable(out, "run (checkpoint, history, metrics)")
         if not store.exists():
-            code = _ingest_images_first(args.dataset, store, paths, args.params)
+            code = _ingest_images_first(args.dataset, store, paths, args.params, args.overrides)
             if code:
                 return code
         run_images(cfg, store, out, resume=args.resume, progress=not args.no_progress)
@@ -776,6 +778,23 @@ def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig)
         print(f"error: {err}", file=sys.stderr)
         return 3
     return 0
+
+
+def _ingest_images_first(dataset: str, store: Path, paths: PathsConfig, params: Path, overrides: list[str]) -> int:
+    """No image store yet: ingest the raw release if it is in place, else say what to download and where (exit 2,
+    as for a missing event data set). The ingest runs as its stage's command, ``python -m pipeline.ingest_images``
+    (a stage never imports another stage)."""
+    spec = IMAGE_DATASETS[dataset]
+    raw = Path(paths.raw_root) / dataset
+    try:
+        spec.check_raw(raw)
+    except MissingRawDataError as err:
+        print(f"error: raw data for {dataset} is missing: {err}", file=sys.stderr)
+        return 2
+    print(f"image store {store} not found: ingesting {raw} first", flush=True)
+    cmd = [sys.executable, "-m", "pipeline.ingest_images", dataset, "--raw", str(raw), "--out", str(store),
+           "--params", str(params), "--no-progress", *(a for o in overrides for a in ("--set", o))]
+    return subprocess.run(cmd, check=False).returncode
 
 
 def _ingest_first(dataset: str, store: Path, paths: PathsConfig, ingest_cfg: IngestConfig) -> int:
