@@ -469,3 +469,9 @@ def build_model(
     # Keep heads in network order, whatever order the caller listed them in.
     heads = {s: make_head(s) for s in spec.stages if s in weak}
     return SpikingNet(arch, stages, head, heads, in_channels, t_ref)
+
+
+# The literature ResNets (models/resnets.py) build on the blocks above, so they are imported after them.
+from models.resnets import RESNETS  # noqa: E402
+
+ARCHITECTURES.update(RESNETS)

@@ -179,6 +179,10 @@ SHAPES = {  # arch -> (T, B, P, H, W, classes)
     "vggsnn": (2, 1, 2, 48, 48, 10),
     "gesture_net": (2, 1, 2, 64, 64, 11),
     "small": (4, 2, 2, 32, 32, 10),
+    "resnet19": (2, 1, 2, 16, 24, 10),  # models/resnets.py (tests/test_resnets.py checks them further)
+    "ms_resnet18": (2, 1, 2, 32, 48, 10),
+    "ms_resnet34": (2, 1, 2, 32, 32, 10),
+    "sew_resnet34": (2, 1, 2, 48, 32, 10),
 }
 
 
