@@ -2,14 +2,16 @@
 
     python -m pipeline.study [--datasets digits_dvs orbit_digits] [--methods baseline multi_T tsd ssd tssd]
                              [--seeds 0 1 ... 9] [--ablation LABEL KEY=VALUE [KEY=VALUE ...]] [--no-ablations]
-                             [--plan] [--redo] [--set train.k=v ...]
+                             [--plan] [--redo] [--recipe NAME] [--set train.k=v ...]
 
 Each run trains and evaluates (the stages as DVC runs them, one process each) into
 ``<runs_root>/<dataset>/study/<arm>-seed<k>/``, where the arm is a method (``tssd``) or an ablation: a method
 with one switch changed, ``--set`` on top of params.yaml (``tssd-bn_shared`` = tssd with
 ``train.bn_stats=shared``; the method is the label's part before the first ``-``). `pipeline.report` pairs the
 runs by seed. Defaults: the datasets of params.yaml ``datasets:``, the five methods, seeds 0-9 and the ablations
-in `ABLATIONS` (each with the same seeds).
+in `ABLATIONS` (each with the same seeds). ``--recipe NAME`` trains every dataset with its named recipe NAME
+(`pipeline.train --recipe`; each dataset must have one of that name, checked before any run); it is part of each
+run's spec.
 
 Resumable: a finished run writes ``study.json`` last -- its spec (dataset, method, seed, every ``--set``, and a hash
 of the params.yaml sections that shape it) and its run time. A run whose ``study.json`` matches the current spec
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import PathsConfig, load_section
+from pipeline.config import PathsConfig, load_section, resolve_recipe
 from pipeline.guards import exits_on_error
 from pipeline.predictions import FILENAME as PREDICTIONS
 from pipeline.store import write_atomic
@@ -67,10 +69,11 @@ class Job:
     seed: int
     overrides: tuple[str, ...]  # the study's --set, then the ablation's, then train.seed
     out: Path
+    recipe: str | None = None  # --recipe NAME (None: each dataset's recipes.<dataset>.use)
 
     def spec(self, params_hash: str) -> dict:
         return {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
-                "set": list(self.overrides), "params": params_hash}
+                "set": list(self.overrides), "params": params_hash} | ({"recipe": self.recipe} if self.recipe else {})
 
 
 def params_hash(params_path: Path, dataset: str) -> str:
@@ -82,7 +85,7 @@ def params_hash(params_path: Path, dataset: str) -> str:
 
 
 def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: dict[str, tuple[str, ...]],
-         runs_root: Path, overrides: list[str]) -> list[Job]:
+         runs_root: Path, overrides: list[str], recipe: str | None = None) -> list[Job]:
     """Every job of the study, in run order: per seed, the methods then the ablations, per dataset."""
     jobs = []
     for ds in datasets:
@@ -91,7 +94,7 @@ def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: d
                                                      for label, sets in ablations.items()]
             for arm, method, sets in arms:
                 jobs.append(Job(ds, arm, method, seed, (*overrides, *sets, f"train.seed={seed}"),
-                                runs_root / ds / "study" / f"{arm}-seed{seed}"))
+                                runs_root / ds / "study" / f"{arm}-seed{seed}", recipe))
     return jobs
 
 
@@ -127,7 +130,8 @@ def _run(job: Job, params: Path, phash: str) -> int:
     common = ["--params", str(params), "--no-progress"] + [a for o in job.overrides for a in ("--set", o)]
     (job.out / DONE).unlink(missing_ok=True)  # from here on the folder is not a finished run
     t0 = time.monotonic()
-    for stage, stage_args in (("train", [job.dataset, "--method", job.method, "--out", str(job.out)]),
+    recipe = ["--recipe", job.recipe] if job.recipe else []
+    for stage, stage_args in (("train", [job.dataset, "--method", job.method, "--out", str(job.out), *recipe]),
                               ("evaluate", [str(job.out)])):
         code = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *stage_args, *common]).returncode
         if code:
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--plan", action="store_true", help="print the runs left and their estimated time; run nothing")
     ap.add_argument("--redo", action="store_true", help="re-run finished runs whose spec differs")
+    ap.add_argument("--recipe", help="the named recipe of every dataset (default: each one's recipes.<dataset>.use)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
@@ -166,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if not datasets:
         print(f"error: no datasets: give --datasets or set datasets: in {args.params}", file=sys.stderr)
         return 2
-    jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides)
+    for ds in datasets:  # an unknown recipe name: refused before any run, naming the dataset's recipes
+        resolve_recipe(args.params, ds, args.recipe, args.overrides)
+    jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides, args.recipe)
     hashes = {ds: params_hash(args.params, ds) for ds in datasets}
     states = [(job, *_state(job, hashes[job.dataset])) for job in jobs]
     finished = [(j, rec) for j, st, rec in states if rec is not None]
