@@ -142,8 +142,8 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     return metrics
 
 
-def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: bool = False, progress: bool = True
-               ) -> dict:
+def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: bool = False, progress: bool = True,
+               recipe: str | None = None) -> dict:
     """Train ``cfg.method`` on the image store at ``store_path`` with direct encoding (`pipeline.image_data`);
     the same steps and outputs as `run`, with the split in memory instead of frame caches.
 
@@ -174,13 +174,14 @@ def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: boo
             _print_epoch(row, cfg.epochs, state.epoch_s[-1])
             save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                              "scaler": scaler.state_dict(), "input": "images",
-                             "config": {"train": _comparable(cfg)}, "model_args": model_args, "epoch": epoch,
+                             "config": {"train": _comparable(cfg), "recipe": recipe}, "model_args": model_args,
+                             "epoch": epoch,
                              **state.selection(epoch), "history": state.history, "store_id": store.store_id,
                              "store_path": str(store_path),
                              "normalize": {"mean": list(store.attrs["mean"]), "std": list(store.attrs["std"])}},
                             ckpt_path)
     final = _score_selected(net, data, state, ranks.device, cfg.amp)
-    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks) if ranks.main else {}
+    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
     if ranks.distributed:
         dist.destroy_process_group()
     return metrics
@@ -752,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = load_section("paths", PathsConfig, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, overrides)
     if args.dataset in IMAGE_DATASETS:  # static images: the image store, direct encoding (`run_images`)
-        return _main_images(args, cfg, paths)
+        return _main_images(args, cfg, paths, recipe)
     store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
@@ -769,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0  # a CheckpointError or a StoreError (exit 1) is `exits_on_error`'s
 
 
-def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig) -> int:
+def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig, recipe: str | None) -> int:
     """`main` for an image dataset: ``--store`` is the image store (default ``<paths.images_root>/<dataset>.zarr``,
     ingested first when missing); the same run folder, flags and exit codes as the event datasets."""
     store = args.store or Path(paths.images_root) / f"{args.dataset}.zarr"
@@ -780,7 +781,7 @@ def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig)
             code = _ingest_images_first(args.dataset, store, paths, args.params, args.overrides)
             if code:
                 return code
-        run_images(cfg, store, out, resume=args.resume, progress=not args.no_progress)
+        run_images(cfg, store, out, resume=args.resume, progress=not args.no_progress, recipe=recipe)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
