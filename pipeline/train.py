@@ -19,6 +19,14 @@ accuracies, its test accuracies measured once at the end, deploy parameter count
 epoch and in all: the only wall-clock values, kept out of the tracked outputs so a re-run reproduces them bit for
 bit; DVC ignores it, see .dvcignore).
 
+Static images (a dataset of `pipeline.datasets.images.IMAGE_DATASETS`: digits_img, cifar10, cifar100, imagenet) train
+through `run_images` on the dataset's image store (``--store``, default ``<paths.images_root>/<dataset>.zarr``,
+ingested first when missing) with direct encoding: every split is held in memory, each batch is augmented on the
+device (``train.image_augment``, `pipeline.augment`) and normalised by the store's mean/std, and the student and the
+teacher see that *same* tensor expanded to T_s and T_t steps (`pipeline.image_data`); ``train.teacher_input`` has
+no meaning there (``repeat`` is refused), ``train.augment`` is the event frames' (not read), and there is no time
+normalisation. The outputs, selection and resume are the event path's.
+
 Model selection reads the validation split only (``train.select``): ``last`` (default) deploys the last epoch of
 the fixed budget, ``best_val`` the epoch with the highest val accuracy at T_s (the earliest on a tie). The test
 split is scored every epoch into history.csv for the learning curve, and never read by any choice.
