@@ -133,3 +133,22 @@ def test_direct_encoding_under_torch_compile() -> None:
     torch.testing.assert_close(compiled(_direct(x, 3)).logits, eager(_direct(x, 3)).logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled(_direct(x, 3)).logits, eager(_direct(x, 3).contiguous()).logits,
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,hw", [("resnet19", (8, 8)),
+                                     pytest.param("ms_resnet18", (32, 32), marks=pytest.mark.slow),  # ImageNet nets:
+                                     pytest.param("sew_resnet34", (32, 32), marks=pytest.mark.slow)])  # ~1 min each
+def test_residual_nets_take_direct_encoding(arch: str, hw: tuple[int, int]) -> None:
+    """models/resnets.py's stems (conv-BN, with or without a LIF after it) get the same logits either way."""
+    torch.manual_seed(0)
+    net = build_model(arch, in_channels=3, n_classes=4, input_hw=hw, weak_stages=())
+    ref = copy.deepcopy(net)
+    x = torch.rand(2, 3, *hw)
+    calls: list[int] = []
+    _first_conv(net).register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    for model in (net, ref):
+        model.train()
+    out = net(_direct(x, 2))
+    want = ref(_direct(x, 2).contiguous())
+    assert calls == [2]
+    torch.testing.assert_close(out.logits, want.logits, rtol=1e-4, atol=1e-4)
