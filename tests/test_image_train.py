@@ -209,3 +209,50 @@ def test_cifar10_without_its_tarball_prints_the_offline_message(tmp_path, capsys
     err = capsys.readouterr().err
     assert "raw data for cifar10 is missing" in err and "cifar-10-python.tar.gz" in err
     assert "https://www.cs.toronto.edu/" in err and not (tmp_path / "images").exists()
+
+
+def test_export_of_an_image_run(tssd_run, tmp_path):
+    from pipeline.export import export_run
+
+    meta = export_run(tssd_run, tmp_path / "model.nir")
+    ckpt = torch.load(tssd_run / "checkpoint.pt", weights_only=False)
+    assert meta["T"] == 2 and meta["input_scale"] == 1.0 and "direct encoding" in meta["input"]
+    assert meta["input_mean"] == pytest.approx(ckpt["normalize"]["mean"]) and meta["in_channels"] == 3
+
+
+def test_ddp_two_cpu_processes_on_images(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29547",
+           "-m", "pipeline.train", "cifar10", "--store", str(store), "--out", str(tmp_path / "ddp"), "--epochs", "1",
+           "--set", "train.device=cpu", *FAST]
+    proc = subprocess.run(cmd, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert m["world_size"] == 2 and m["epochs"] == 1 and m["test_acc_Ts"] is not None
+
+
+def test_epoch_order_shares_like_distributed_sampler():
+    """Each rank's batches: DistributedSampler's padded, strided share of one seeded permutation."""
+    from torch.utils.data import DistributedSampler
+
+    from pipeline.image_data import epoch_order
+
+    n, bs = 23, 4
+    one = torch.cat(epoch_order(n, bs, seed=3, epoch=1))
+    assert len(one) == 20 and len(set(one.tolist())) == 20  # drop_last, no repeats
+    gen = torch.Generator()
+    gen.manual_seed(3 * 1000 + 1)
+    perm = torch.randperm(n, generator=gen)
+    torch.testing.assert_close(one, perm[:20])
+    shares = [torch.cat(epoch_order(n, bs, seed=3, epoch=1, rank=r, world=2)) for r in range(2)]
+    assert [len(s) for s in shares] == [12, 12]  # 12 of each rank's 12 (23 padded to 24): the same batch count
+    padded = torch.cat([perm, perm[:1]])
+    for r in range(2):
+        torch.testing.assert_close(shares[r], padded[r::2][:12])
+    sampler = DistributedSampler(range(n), num_replicas=2, rank=0, shuffle=False)
+    assert len(list(sampler)) == 12  # the same share size as torch's sampler
