@@ -14,6 +14,14 @@ which must never read test): ``val_acc`` columns in ``<run>/eval_val.json``, ``e
 Synaptic operations (SOPs) are estimated per sample as ``sum over layers of (fraction of non-zero inputs) x
 (multiply-accumulates of the layer)`` over all T steps -- each non-zero (spike) input costs one accumulate per
 synapse it drives. The first layer sees real-valued frames, so its cost is reported separately as dense MACs.
+
+Image runs (static images, direct encoding; the checkpoint's ``input`` is ``images``) are scored the same way on
+their image store's split (`pipeline.image_data`: ``x / 255``, the center crop of ``train.image_augment.out_hw``
+if set, the store's mean/std; no augmentation), the image fed at every one of T steps. Their
+``predictions.csv`` names each sample by its index in the raw dataset (column ``source_index`` instead of
+``recording``). The first conv-BN runs once per sample whatever T (`models.nets.SeqToANN`: its output current is
+held for T steps), so ``first_layer_macs_per_sample`` is the MACs of one pass and does not grow with T -- the
+work the network does, where an event run's first layer runs at every step; the SOPs after it count all T steps.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pipeline.config import EvaluateConfig, flag_overrides, load_section
 from pipeline.data import MultiViewDataset, RebinView
 from pipeline.frames import BinConfig, Binning
 from pipeline.guards import check_writable, exits_on_error, writing
+from pipeline.image_data import direct, eval_input, load_split, normaliser, open_run_image_store, ordered_batches
 from pipeline.predictions import FILENAME as PREDICTIONS, Predictions, format_predictions
 from pipeline.store import StoreError, atomic_output, open_event_store, write_atomic
 from pipeline.runs import CheckpointError, load_run, saved_train_config
@@ -73,6 +82,8 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
     """Accuracy (``<split>_acc``), firing rates and SOPs of a run's deployed network (`pipeline.runs.load_run`) on
     ``split`` (test, or val) at each T, and the predicted class of every sample of the split at each T (in the
     split's order: the loader does not shuffle)."""
+    if ckpt.get("input") == "images":
+        return _evaluate_images(net, ckpt, Ts, batch_size, device, split)
     bin_cfg = BinConfig(**{**ckpt["config"]["bin"], "T": tuple(ckpt["config"]["bin"]["T"])})
     store = open_event_store(ckpt["store_path"])
     if store.store_id != ckpt["store_id"]:  # re-ingested from other raw files since training: not this run's test set
@@ -96,15 +107,53 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
             n += len(y)
         counter.close()
         preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
-        rows.append({"T": T, f"{split}_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
-                     "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
-                     "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
-                     "rates": {k: v / max(n, 1) for k, v in rates.items()}})
-        print(f"T={T:>3}: {split} acc {rows[-1][f'{split}_acc']:.4f}, SOPs/sample {rows[-1]['sops_per_sample']:.3g}, "
-              f"mean firing rate {rows[-1]['mean_rate']:.4f}")
+        rows.append(_row(T, split, correct, n, counter, rates))
     predictions = Predictions(tuple(Ts), np.arange(len(test), dtype=np.int64), np.asarray(test.recording, np.int64),
                               np.asarray(test.labels, np.int64), np.stack(preds).astype(np.int64))
     return rows, predictions
+
+
+def _evaluate_images(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int, device: str, split: str
+                     ) -> tuple[list[dict], Predictions]:
+    """`evaluate_run` for an image run: the split in memory, direct-encoded at each T."""
+    store = open_run_image_store(ckpt["store_path"])
+    if store.store_id != ckpt["store_id"]:
+        raise StoreError(f"{ckpt['store_path']}: image store {store.store_id[:12]}… is not the one this run was "
+                         f"trained on ({ckpt['store_id'][:12]}…); re-train, or restore that store")
+    if split not in store.splits:
+        raise StoreError(f"{ckpt['store_path']} has no {split} split (ingested without a validation split)")
+    data = load_split(store, split)
+    norm = normaliser(store, device)
+    augment = saved_train_config(ckpt["config"]["train"]).image_augment  # its out_hw: the center crop
+    rows, preds = [], []
+    for T in Ts:
+        counter = _OpCounter(net)
+        correct, n, rates, pred = 0, 0, {}, []
+        for images, _, y in ordered_batches(data, batch_size, torch.device(device)):
+            out = net(direct(eval_input(images, norm, augment), T), record_rates=True)
+            pred.append(out.logits.mean(0).argmax(1).cpu())
+            correct += int((pred[-1] == y.cpu()).sum())
+            for k, v in out.rates.items():
+                rates[k] = rates.get(k, 0.0) + v * len(y)
+            n += len(y)
+        counter.close()
+        preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
+        rows.append(_row(T, split, correct, n, counter, rates))
+    predictions = Predictions(tuple(Ts), np.arange(len(data), dtype=np.int64), data.source_index,
+                              data.labels.numpy().astype(np.int64), np.stack(preds).astype(np.int64),
+                              sample_id="source_index")
+    return rows, predictions
+
+
+def _row(T: int, split: str, correct: int, n: int, counter: _OpCounter, rates: dict[str, float]) -> dict:
+    """One T's row of eval.json (and its printed line)."""
+    row = {"T": T, f"{split}_acc": correct / max(n, 1), "sops_per_sample": counter.sops / max(n, 1),
+           "first_layer_macs_per_sample": counter.first_macs / max(n, 1),
+           "mean_rate": sum(rates.values()) / max(len(rates), 1) / max(n, 1),
+           "rates": {k: v / max(n, 1) for k, v in rates.items()}}
+    print(f"T={T:>3}: {split} acc {row[f'{split}_acc']:.4f}, SOPs/sample {row['sops_per_sample']:.3g}, "
+          f"mean firing rate {row['mean_rate']:.4f}")
+    return row
 
 
 def _plot(rows: list[dict], title: str, out: Path, split: str = "test") -> None:

@@ -10,6 +10,11 @@ neuron as NIR ``LIF`` nodes (``--neuron lif``; NIR's reset-to-zero reading is th
 the exact ``LI`` + ``Threshold`` + recurrent ``-(tau-1) theta`` edge (``--neuron li_threshold``).
 `models.nir_export` documents the mapping. A network with max pooling (``gesture_net``) is refused, naming the layer.
 Written atomically; needs the ``nir`` package (``pip install '.[export]'``; it comes with Norse).
+
+An image run (static images, direct encoding) exports the same graph: its input node takes the normalised image
+``(x / 255 - mean) / std`` (the store's per-channel values, in the graph's metadata ``input_mean`` / ``input_std``)
+at every one of the T steps -- NIR has no notion of a held input, so the caller feeds the image T times; there is
+no time-normalisation factor (``input_scale`` 1). The default T is the run's T_s.
 """
 
 from __future__ import annotations
@@ -35,8 +40,14 @@ def export_run(run_dir: Path, out: Path, *, T: int | None = None, neuron: str = 
 
     net, ckpt = load_run(run_dir, "cpu")
     args = ckpt["model_args"]
+    extra = {}
+    if ckpt.get("input") == "images":  # direct encoding: the normalised image at every step, no time scaling
+        T = T if T is not None else int(ckpt["config"]["train"]["T_s"])
+        extra = {"input": "image held for T steps (direct encoding), normalised (x / 255 - input_mean) / input_std",
+                 "input_mean": [float(v) for v in ckpt["normalize"]["mean"]],
+                 "input_std": [float(v) for v in ckpt["normalize"]["std"]]}
     graph, info = to_nir(net, tuple(args["input_hw"]), T=T, neuron=neuron, pool=pool, dt_s=dt_s,
-                         metadata={"run": str(run_dir), "in_channels": int(args["in_channels"]),
+                         metadata={"run": str(run_dir), **extra, "in_channels": int(args["in_channels"]),
                                    "input_hw": [int(v) for v in args["input_hw"]],
                                    "n_classes": int(args["n_classes"]),
                                    "tau_steps": float(net.stages[next(iter(net.stages))].blocks[0].lif.config.tau_steps),

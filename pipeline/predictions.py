@@ -7,7 +7,8 @@ One row per test sample, in the order of the event store's test split, one colum
     1,12,7,1,7,7
 
 ``index`` is the sample's position in the split (0-based), ``recording`` its recording id (the store's
-``recording`` array), ``label`` the true class and ``pred_T<T>`` the class the deployed network predicts when it
+``recording`` array; an image run's file names the column ``source_index`` and holds each image's index in the
+raw dataset, the image store's ``source_index``), ``label`` the true class and ``pred_T<T>`` the class the deployed network predicts when it
 runs T timesteps (argmax of the time-averaged logits, as `pipeline.evaluate` scores it). Plain text, no wall clock:
 the same predictions are the same bytes, so the file is a reproducible DVC output. Two runs are *paired* (McNemar,
 the paired bootstrap in `pipeline.stats`) only when their ``index``, ``recording`` and ``label`` columns agree.
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FILENAME", "Predictions", "PredictionsError", "format_predictions", "read_predictions"]
+__all__ = ["FILENAME", "SAMPLE_IDS", "Predictions", "PredictionsError", "format_predictions", "read_predictions"]
 
 FILENAME = "predictions.csv"
+#: The second column's name: an event sample's recording id, or an image's index in the raw dataset.
+SAMPLE_IDS = ("recording", "source_index")
 
 
 class PredictionsError(ValueError):
@@ -39,6 +42,8 @@ class Predictions:
 
     Ts: inference timestep counts, ``(K,)`` ints, in column order. index, recording, label: ``(N,)`` int64.
     pred: ``(K, N)`` int64, ``pred[k, i]`` is the class predicted for sample ``i`` at ``Ts[k]``.
+    sample_id: the second column's name, one of `SAMPLE_IDS`: ``recording`` (event stores) or ``source_index``
+    (image stores; ``recording`` then holds each image's index in the raw dataset).
     """
 
     Ts: tuple[int, ...]
@@ -46,6 +51,7 @@ class Predictions:
     recording: np.ndarray
     label: np.ndarray
     pred: np.ndarray
+    sample_id: str = "recording"
 
     def __post_init__(self) -> None:
         n = len(self.label)
@@ -54,6 +60,8 @@ class Predictions:
                                    f"label {n}, pred {self.pred.shape} for T={list(self.Ts)}")
         if len(set(self.Ts)) != len(self.Ts):
             raise PredictionsError(f"duplicate inference T in {list(self.Ts)}")
+        if self.sample_id not in SAMPLE_IDS:
+            raise PredictionsError(f"sample_id {self.sample_id!r}; choose one of {', '.join(SAMPLE_IDS)}")
 
     def correct(self, T: int) -> np.ndarray:
         """``(N,)`` bool: was sample i classified correctly at T timesteps? KeyError when T was not evaluated."""
@@ -63,15 +71,15 @@ class Predictions:
 
     def same_samples(self, other: "Predictions") -> bool:
         """True when both runs scored the same test samples in the same order (the condition for pairing)."""
-        return (np.array_equal(self.index, other.index) and np.array_equal(self.recording, other.recording)
-                and np.array_equal(self.label, other.label))
+        return (self.sample_id == other.sample_id and np.array_equal(self.index, other.index)
+                and np.array_equal(self.recording, other.recording) and np.array_equal(self.label, other.label))
 
 
 def format_predictions(p: Predictions) -> str:
     """The csv text of ``p`` (header + one row per sample, ``\\n`` line ends)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "recording", "label", *(f"pred_T{T}" for T in p.Ts)])
+    w.writerow(["index", p.sample_id, "label", *(f"pred_T{T}" for T in p.Ts)])
     cols = np.vstack([p.index, p.recording, p.label, p.pred]).astype(np.int64)
     w.writerows(cols.T.tolist())
     return buf.getvalue()
@@ -82,10 +90,10 @@ def read_predictions(path: str | Path) -> Predictions:
     path = Path(path)
     with path.open(newline="") as f:
         rows = list(csv.reader(f))
-    if not rows or rows[0][:3] != ["index", "recording", "label"] or not all(
+    if not rows or rows[0][:3] not in (["index", sid, "label"] for sid in SAMPLE_IDS) or not all(
             c.startswith("pred_T") for c in rows[0][3:]):
-        raise PredictionsError(f"{path}: row 1: expected the header index,recording,label,pred_T<T>...; "
-                               f"got {rows[0] if rows else 'an empty file'}")
+        raise PredictionsError(f"{path}: row 1: expected the header index,recording,label,pred_T<T>... (an image "
+                               f"run: index,source_index,label,...); got {rows[0] if rows else 'an empty file'}")
     try:
         Ts = tuple(int(c[len("pred_T"):]) for c in rows[0][3:])
     except ValueError:
@@ -100,4 +108,4 @@ def read_predictions(path: str | Path) -> Predictions:
         except ValueError:
             raise PredictionsError(f"{path}: row {r}: a field is not an integer: {row}") from None
     return Predictions(Ts, values[:, 0].copy(), values[:, 1].copy(), values[:, 2].copy(),
-                       np.ascontiguousarray(values[:, 3:].T))
+                       np.ascontiguousarray(values[:, 3:].T), sample_id=rows[0][1])

@@ -16,6 +16,10 @@ method. Each comparison reports the per-seed exact McNemar p-value, the mean acc
 bootstrap interval over seeds and test samples, and a verdict: "A beats B" only when the interval excludes 0,
 otherwise "no detectable difference". The teacher gap is the test accuracy at T_t minus that at T_s (eval.json).
 
+Static-image datasets (params.yaml ``image_datasets:``, direct encoding, `pipeline.train` on an image store) are
+reported like the event datasets: the same folders, tables and paired statistics, their samples paired by
+``predictions.csv``'s ``index``, ``source_index`` and ``label``.
+
 Every number is read from the run files; nothing is typed in by hand, nothing is selected on test, and the output
 holds no wall-clock values (it is a DVC output: the same runs give the same bytes).
 """
@@ -226,7 +230,7 @@ def compare(a: str, runs_a: dict, b: str, runs_b: dict, n_boot: int = 10_000, bo
         pa.append(ra.predictions)
         pb.append(rb.predictions)
     if not all(p.same_samples(pa[0]) for p in pa + pb):
-        return "the runs were scored on different test samples (predictions.csv index/recording/label differ)"
+        return "the runs were scored on different test samples (predictions.csv index/recording or source_index/label differ)"
     A = np.stack([p.correct(T) for p in pa])
     B = np.stack([p.correct(T) for p in pb])
     tests = tuple(mcnemar_exact(x, y) for x, y in zip(A, B))
@@ -381,14 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("data_cache/report"))
     ap.add_argument("--n-boot", type=int, default=10_000, help="bootstrap replicates per comparison")
     ap.add_argument("--boot-seed", type=int, default=0, help="seed of every comparison's bootstrap")
-    ap.add_argument("--params", type=Path, help="report as main runs exactly params.yaml's datasets x methods x "
-                    "seeds (what `dvc repro` trains): a missing one is an error, others are left out")
+    ap.add_argument("--params", type=Path, help="report as main runs exactly params.yaml's (datasets + "
+                    "image_datasets) x methods x seeds (what `dvc repro` trains): a missing one is an error, others "
+                    "are left out")
     args = ap.parse_args(argv)
     try:
         runs = collect(args.runs)
         if args.params:
             p = load_params(args.params)
-            for folder in restrict_main(runs, list(p.get("datasets") or []), list(p.get("methods") or []),
+            datasets = list(p.get("datasets") or []) + list(p.get("image_datasets") or [])  # events, then images
+            for folder in restrict_main(runs, datasets, list(p.get("methods") or []),
                                         [int(k) for k in p.get("seeds") or []]):
                 print(f"note: {folder} is not in {args.params}'s datasets x methods x seeds: left out",
                       file=sys.stderr)

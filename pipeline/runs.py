@@ -5,6 +5,9 @@ save it atomically, load it (refusing a truncated file), rebuild its network.
                                                     config, model_args, epoch, selected_epoch, selected_model (the
                                                     selected epoch's weights; None: the last epoch's), history,
                                                     store_id / store_path, frames_root
+                                                    (an image run: input = "images", normalize {mean, std} of its
+                                                    image store, no bin config and no frames_root; `load_run`
+                                                    rebuilds it the same way, with t_ref None)
 
 The checkpoint keeps ``config`` as plain dicts (``dataclasses.asdict``); `saved_train_config` reads one back,
 filling in the defaults of keys added since it was written. Shared by `pipeline.train` (writes, resumes) and

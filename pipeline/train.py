@@ -19,6 +19,14 @@ accuracies, its test accuracies measured once at the end, deploy parameter count
 epoch and in all: the only wall-clock values, kept out of the tracked outputs so a re-run reproduces them bit for
 bit; DVC ignores it, see .dvcignore).
 
+Static images (a dataset of `pipeline.datasets.images.IMAGE_DATASETS`: digits_img, cifar10, cifar100, imagenet) train
+through `run_images` on the dataset's image store (``--store``, default ``<paths.images_root>/<dataset>.zarr``,
+ingested first when missing) with direct encoding: every split is held in memory, each batch is augmented on the
+device (``train.image_augment``, `pipeline.augment`) and normalised by the store's mean/std, and the student and the
+teacher see that *same* tensor expanded to T_s and T_t steps (`pipeline.image_data`); ``train.teacher_input`` has
+no meaning there (``repeat`` is refused), ``train.augment`` is the event frames' (not read), and there is no time
+normalisation. The outputs, selection and resume are the event path's.
+
 Model selection reads the validation split only (``train.select``): ``last`` (default) deploys the last epoch of
 the fixed budget, ``best_val`` the epoch with the highest val accuracy at T_s (the earliest on a tie). The test
 split is scored every epoch into history.csv for the learning curve, and never read by any choice.
@@ -39,10 +47,12 @@ import io
 import json
 import math
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,9 +63,13 @@ from tqdm import tqdm
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
 from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section, resolve_recipe
+from pipeline.datasets.base import MissingRawDataError
+from pipeline.datasets.images import IMAGE_DATASETS
 from pipeline.data import CacheView, MultiViewDataset, teacher_frames
 from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
+from pipeline.image_data import (ImageSplit, direct, epoch_batches, epoch_order, eval_input, load_split, normaliser,
+                                 open_run_image_store, ordered_batches, train_input)
 from pipeline.runs import TrainConfig, load_checkpoint, save_checkpoint, saved_train_config
 from pipeline.runtime import configure_cpu
 from pipeline.store import StoreError, open_event_store, write_atomic
@@ -136,6 +150,51 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     return metrics
 
 
+def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: bool = False, progress: bool = True,
+               recipe: str | None = None) -> dict:
+    """Train ``cfg.method`` on the image store at ``store_path`` with direct encoding (`pipeline.image_data`);
+    the same steps and outputs as `run`, with the split in memory instead of frame caches.
+
+    The student sees the augmented, normalised image ``x`` as ``x.unsqueeze(0).expand(T_s, ...)``, the teacher the
+    same ``x`` expanded to T_t (``train.teacher_input`` has no meaning for images: ``repeat`` is refused, the
+    default ``rebin`` is ignored). No time normalisation (``t_ref = None``): every step holds the whole image.
+    Returns the metrics written to ``metrics.json`` (``{}`` on every DDP rank but 0)."""
+    ranks = _set_up_ranks(cfg)
+    store = open_run_image_store(store_path)
+    _check_images_before_work(cfg, store, ranks.device, out_dir)
+    _claim_device(ranks.device)
+    data = _set_up_image_data(cfg, store, ranks)
+    net, model_args = _set_up_model(cfg, data, ranks.device, t_ref=None)
+    pair = _parallel(net, ranks)
+    opt, sched, scaler = _set_up_optimizer(cfg, net, ranks.device)
+    deploy_params = count_parameters(net.deploy())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    state = _resume(ckpt_path, cfg, None, store, net, opt, sched, scaler, ranks) if resume else _Progress()
+    if ranks.main:
+        _print_summary(cfg, store, data, net, deploy_params, ranks)
+    for epoch in range(state.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        row = _train_one_epoch(epoch, cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress)
+        row.update(_score_epoch(net, data, ranks.device, cfg.amp))
+        state.record(row, time.perf_counter() - t0, cfg.select, net)
+        if ranks.main:
+            _print_epoch(row, cfg.epochs, state.epoch_s[-1])
+            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "scaler": scaler.state_dict(), "input": "images",
+                             "config": {"train": _comparable(cfg), "recipe": recipe}, "model_args": model_args,
+                             "epoch": epoch,
+                             **state.selection(epoch), "history": state.history, "store_id": store.store_id,
+                             "store_path": str(store_path),
+                             "normalize": {"mean": list(store.attrs["mean"]), "std": list(store.attrs["std"])}},
+                            ckpt_path)
+    final = _score_selected(net, data, state, ranks.device, cfg.amp)
+    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
+    if ranks.distributed:
+        dist.destroy_process_group()
+    return metrics
+
+
 # ------------------------------------------------------------------------------------------ checks before work
 def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torch.device, frames_root: Path,
                        out_dir: Path, warn: bool = True) -> None:
@@ -158,6 +217,31 @@ def _check_before_work(cfg: TrainConfig, bin_cfg: BinConfig, store, device: torc
     hw = tuple(bin_cfg.out_size) if bin_cfg.out_size else (H, W)
     try:
         build_model(**_model_args(cfg, P, len(store.attrs["classes"]), hw))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"train (arch / weak_stages / neuron, input {hw[0]}x{hw[1]}): {err}") from None
+
+
+def _check_images_before_work(cfg: TrainConfig, store, device: torch.device, out_dir: Path) -> None:
+    """`_check_before_work` for an image store: the device, the splits, the run folder, the teacher input, and
+    the network against the input size (the image, or ``image_augment.out_hw``)."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.device!r} but no CUDA device is available (use auto or cpu)")
+    for split in ("train", "test"):
+        if split not in store.splits or len(store[split]) == 0:
+            raise StoreError(f"{store.path}: the {split} split has no samples; nothing to train or score on")
+    if cfg.select == "best_val" and ("val" not in store.splits or len(store["val"]) == 0):
+        raise ConfigError(f"train.select = best_val, but {store.path} has no validation split: re-ingest with a "
+                          "validation size, or use train.select=last")
+    if cfg.teacher_input == "repeat" and METHODS[cfg.method].uses_teacher:
+        raise ConfigError("train.teacher_input = 'repeat' holds event frames for T_t / T_s steps; a static image is "
+                          "already the same input at every step (direct encoding: the teacher sees the student's "
+                          "augmented image at T_t steps): leave train.teacher_input at its default (not read for "
+                          "image datasets)")
+    check_writable(out_dir, "run (checkpoint, history, metrics)")
+    C, H, W = (int(v) for v in store.image_shape)
+    hw = tuple(cfg.image_augment.out_hw) if cfg.image_augment.out_hw else (H, W)
+    try:
+        build_model(**{**_model_args(cfg, C, len(store.attrs["classes"]), hw), "t_ref": None})
     except (ValueError, TypeError) as err:
         raise ConfigError(f"train (arch / weak_stages / neuron, input {hw[0]}x{hw[1]}): {err}") from None
 
@@ -243,6 +327,38 @@ class _Data:
     input_pchw: tuple[int, int, int]  # (P, H, W) of one frame, as cached
     n_classes: int
 
+    def train_batches(self, epoch: int, cfg: TrainConfig, device: torch.device
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """One epoch of ``(x_s [T_s, B, P, H, W], x_t [T_t, B, P, H, W] or None, labels [B])`` on ``device``: the
+        loader reseeded for ``epoch`` (the caller seeded torch's global generator), x_t only for the methods with
+        a teacher run (rebinned frames, or the student's held, ``teacher_input``)."""
+        self.generator.manual_seed(cfg.seed * 1000 + epoch)
+        self.train_ds.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        uses_teacher = METHODS[cfg.method].uses_teacher
+        for batch_views, y in self.train_loader:
+            x_s = _to_tbchw(batch_views["student"], device)
+            x_t = None
+            if uses_teacher:
+                x_t = (teacher_frames(x_s, cfg.teacher_T) if cfg.teacher_input == "repeat"
+                       else _to_tbchw(batch_views["teacher"], device))
+            yield x_s, x_t, y.to(device)
+
+    def n_train_batches(self) -> int:
+        return len(self.train_loader)
+
+    def score_batches(self, split: str, view: str, device: torch.device
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of ``split`` at ``view`` (student: T_s, teacher: T_t): ``(x on device, labels on CPU)``."""
+        for views, y in self.scored[split]:
+            yield _to_tbchw(views[view], device), y
+
+    def sizes(self) -> tuple[int, int, int]:
+        """Samples of train (all ranks), val and test (this rank's share)."""
+        return (len(self.train_ds), len(self.scored["val"].dataset) if "val" in self.scored else 0,
+                len(self.scored["test"].dataset))
+
 
 def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path, ranks: _Ranks, progress: bool
                  ) -> _Data:
@@ -279,6 +395,56 @@ def _set_up_data(cfg: TrainConfig, bin_cfg: BinConfig, store, frames_root: Path,
                  len(store.attrs["classes"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class _ImageData:
+    """One rank's image splits in memory (`pipeline.image_data`), with `_Data`'s interface for the epoch loop and
+    the scorer: batches are gathered, augmented (train) and normalised on the device, then direct-encoded."""
+
+    train: ImageSplit
+    scored: dict[str, ImageSplit]  # "val" (when the store has one), "test"
+    norm: tuple[torch.Tensor, torch.Tensor]  # the store's mean, std: [1, C, 1, 1] on the device
+    ranks: _Ranks
+    cfg: TrainConfig
+    input_pchw: tuple[int, int, int]  # (C, h, w) the network sees (after augment's out_hw, if any)
+    n_classes: int
+
+    def train_batches(self, epoch: int, cfg: TrainConfig, device: torch.device
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """One epoch of ``(x_s [T_s, B, C, h, w], x_t [T_t, B, C, h, w] or None, labels [B])``: both views expand
+        the *same* augmented tensor (stride 0 in time)."""
+        uses_teacher = METHODS[cfg.method].uses_teacher
+        for images, index, y in epoch_batches(self.train, cfg.batch_size, device, seed=cfg.seed, epoch=epoch,
+                                              rank=self.ranks.rank, world=self.ranks.world):
+            x = train_input(images, index, self.norm, seed=cfg.seed, epoch=epoch, augment=cfg.image_augment)
+            yield direct(x, cfg.T_s), (direct(x, cfg.teacher_T) if uses_teacher else None), y
+
+    def n_train_batches(self) -> int:
+        return len(epoch_order(len(self.train), self.cfg.batch_size, seed=0, epoch=0, rank=self.ranks.rank,
+                               world=self.ranks.world))
+
+    def score_batches(self, split: str, view: str, device: torch.device
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        T = self.cfg.T_s if view == "student" else self.cfg.teacher_T
+        for images, _, y in ordered_batches(self.scored[split], self.cfg.batch_size, device, rank=self.ranks.rank,
+                                            world=self.ranks.world):
+            yield direct(eval_input(images, self.norm, self.cfg.image_augment), T), y.cpu()
+
+    def sizes(self) -> tuple[int, int, int]:
+        share = {k: len(range(self.ranks.rank, len(v), self.ranks.world)) for k, v in self.scored.items()}
+        return len(self.train), share.get("val", 0), share["test"]
+
+
+def _set_up_image_data(cfg: TrainConfig, store, ranks: _Ranks) -> _ImageData:
+    """Every split of the image store in memory (train pinned on CUDA), and the store's normalisation."""
+    pin = ranks.device.type == "cuda"
+    train = load_split(store, "train", pin=pin)
+    scored = {s: load_split(store, s, pin=pin) for s in SCORED if s in store.splits}
+    C, H, W = (int(v) for v in store.image_shape)
+    hw = tuple(cfg.image_augment.out_hw) if cfg.image_augment.out_hw else (H, W)
+    return _ImageData(train, scored, normaliser(store, ranks.device), ranks, cfg, (C, int(hw[0]), int(hw[1])),
+                      len(store.attrs["classes"]))
+
+
 # ------------------------------------------------------------------------------------------ model, optimizer
 def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Sequence[int]) -> dict:
     """`models.nets.build_model`'s keyword arguments, in the JSON-like form the checkpoint keeps (lists, dicts)."""
@@ -293,10 +459,12 @@ def _model_args(cfg: TrainConfig, in_channels: int, n_classes: int, input_hw: Se
             "bn_extra_T": bn_extra_T}
 
 
-def _set_up_model(cfg: TrainConfig, data: _Data, device: torch.device) -> tuple[SpikingNet, dict]:
-    """The network, seeded by ``cfg.seed``, and the ``model_args`` that rebuild it (`pipeline.runs.load_run`)."""
+def _set_up_model(cfg: TrainConfig, data: _Data | _ImageData, device: torch.device, **args: Any
+                  ) -> tuple[SpikingNet, dict]:
+    """The network, seeded by ``cfg.seed``, and the ``model_args`` that rebuild it (`pipeline.runs.load_run`);
+    ``args`` replace `_model_args`' (images: ``t_ref=None``)."""
     P, H, W = data.input_pchw
-    model_args = _model_args(cfg, P, data.n_classes, (H, W))
+    model_args = {**_model_args(cfg, P, data.n_classes, (H, W)), **args}
     torch.manual_seed(cfg.seed)
     net = build_model(**model_args)
     # the stages built, not None: load_run rebuilds the same heads even if the architecture's default changes
@@ -373,17 +541,19 @@ class _Progress:
                 "selected_model": None if self.selected_epoch == epoch + 1 else self.selected_model}
 
 
-def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig, store, net: nn.Module,
+def _resume(ckpt_path: Path, cfg: TrainConfig, bin_cfg: BinConfig | None, store, net: nn.Module,
             opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler,
             ranks: _Ranks) -> _Progress:
     """Load ``ckpt_path`` into the model, optimizer, schedule and scaler, if it exists; refuse one trained with
-    another configuration or event store (ValueError)."""
+    another configuration, binning (``bin_cfg``; None: an image run) or store (ValueError)."""
     if not ckpt_path.exists():
         return _Progress()
     ckpt = load_checkpoint(ckpt_path, ranks.device)
-    saved_binning = Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), cfg.T_s).as_dict()
+    saved_binning = ("images" if ckpt.get("input") == "images" else
+                     Binning.from_config(BinConfig(**{**ckpt["config"]["bin"], "T": ()}), cfg.T_s).as_dict())
+    binning = "images" if bin_cfg is None else Binning.from_config(bin_cfg, cfg.T_s).as_dict()
     if (_comparable(saved_train_config(ckpt["config"]["train"])), saved_binning, ckpt["store_id"]) != (
-            _comparable(cfg), Binning.from_config(bin_cfg, cfg.T_s).as_dict(), store.store_id):
+            _comparable(cfg), binning, store.store_id):
         raise ValueError(f"{ckpt_path} was trained with another configuration or data; remove it or drop --resume")
     net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
@@ -411,27 +581,16 @@ def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.o
 
     Returns the epoch's history row up to ``train_acc`` (loss parts and accuracy summed over all ranks)."""
     spec = METHODS[cfg.method]
-    uses_teacher = spec.uses_teacher
     # no term sends the teacher run a gradient: run it without autograd
     teacher_needs_grad = cfg.teacher_ce != 0 or (cfg.teacher_grad and spec.temporal_kd)
     device = ranks.device
     torch.manual_seed(cfg.seed * 1000 + epoch)  # per-epoch seeds: a resumed run replays the same draws
-    data.generator.manual_seed(cfg.seed * 1000 + epoch)
-    data.train_ds.set_epoch(epoch)
-    if data.sampler is not None:
-        data.sampler.set_epoch(epoch)
     pair.train()
     sums: dict[str, float] = {}
     n_seen, n_correct = 0, 0
-    bar = tqdm(data.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-               disable=not (progress and ranks.main), file=sys.stderr)
-    for batch_views, y in bar:
-        x_s = _to_tbchw(batch_views["student"], device)
-        x_t = None
-        if uses_teacher:
-            x_t = (teacher_frames(x_s, cfg.teacher_T) if cfg.teacher_input == "repeat"
-                   else _to_tbchw(batch_views["teacher"], device))
-        y = y.to(device)
+    bar = tqdm(data.train_batches(epoch, cfg, device), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               total=data.n_train_batches(), disable=not (progress and ranks.main), file=sys.stderr)
+    for x_s, x_t, y in bar:
         with _autocast(device, cfg.amp):
             out_s, out_t = pair(x_s, x_t, teacher_bn_update=cfg.bn_stats != "student", teacher_grad=teacher_needs_grad)
             loss, parts = tssd_loss(out_s, y, teacher=out_t, method=cfg.method, alpha=cfg.alpha, beta=cfg.beta,
@@ -466,12 +625,13 @@ def _train_one_epoch(epoch: int, cfg: TrainConfig, pair: nn.Module, opt: torch.o
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device, view: str, amp: bool) -> float:
-    """Top-1 accuracy of the time-averaged logits on ``view`` of every batch (all ranks' shares summed)."""
+def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+             amp: bool) -> float:
+    """Top-1 accuracy of the time-averaged logits over ``batches`` of ``(x [T, B, ...] on device, labels on the
+    CPU)`` (all ranks' shares summed)."""
     model.eval()
     correct = torch.zeros(2, device=device)
-    for views, y in loader:
-        x = _to_tbchw(views[view], device)
+    for x, y in batches:
         with _autocast(device, amp):
             logits = model(x).logits.float().mean(0)
         correct[0] += (logits.argmax(1).cpu() == y).sum().to(device)
@@ -487,9 +647,9 @@ def _score_epoch(net: nn.Module, data: _Data, device: torch.device, amp: bool) -
     them)."""
     row = {}
     for split in SCORED:
-        loader = data.scored.get(split)
         for col, view in ((f"{split}_acc", "student"), (f"{split}_acc_teacher", "teacher")):
-            row[col] = accuracy(net, loader, device, view, amp) if loader is not None else ""
+            row[col] = accuracy(net, data.score_batches(split, view, device), device, amp) if split in data.scored \
+                else ""
     return row
 
 
@@ -505,10 +665,10 @@ def _score_selected(net: nn.Module, data: _Data, state: _Progress, device: torch
 def _print_summary(cfg: TrainConfig, store, data: _Data, net: SpikingNet, deploy_params: int, ranks: _Ranks) -> None:
     P, H, W = data.input_pchw
     teacher = f", T_t={cfg.teacher_T}" if METHODS[cfg.method].uses_teacher else ""
+    n_train, n_val, n_test = data.sizes()
     print(f"{store.attrs['dataset']} {cfg.method}: {cfg.arch}, T_s={cfg.T_s}{teacher}, input {P}x{H}x{W}, "
-          f"{data.n_classes} classes, {len(data.train_ds)} train / "
-          f"{len(data.scored['val'].dataset) if 'val' in data.scored else 0} val / "
-          f"{len(data.scored['test'].dataset)} test (scored on this rank), select {cfg.select}, "
+          f"{data.n_classes} classes, {n_train} train / {n_val} val / {n_test} test (scored on this rank), "
+          f"select {cfg.select}, "
           f"deploy params {deploy_params:,}, training params {count_parameters(net):,}, device {ranks.device}, "
           f"world {ranks.world}")
 
@@ -585,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dataset")
     ap.add_argument("--method", choices=sorted(METHODS))
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
+    ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr); for an "
+                    "image dataset its image store (default: <paths.images_root>/<dataset>.zarr)")
     ap.add_argument("--out", type=Path, help="run dir (default: <paths.runs_root>/<dataset>/<method>)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     ap.add_argument("--recipe", help="one of the dataset's named recipes (default: its recipes.<dataset>.use)")
@@ -599,6 +760,8 @@ def main(argv: list[str] | None = None) -> int:
     bin_cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset, recipe=recipe)
     paths = load_section("paths", PathsConfig, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, overrides)
+    if args.dataset in IMAGE_DATASETS:  # static images: the image store, direct encoding (`run_images`)
+        return _main_images(args, cfg, paths, recipe)
     store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
@@ -613,6 +776,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 3
     return 0  # a CheckpointError or a StoreError (exit 1) is `exits_on_error`'s
+
+
+def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig, recipe: str | None) -> int:
+    """`main` for an image dataset: ``--store`` is the image store (default ``<paths.images_root>/<dataset>.zarr``,
+    ingested first when missing); the same run folder, flags and exit codes as the event datasets."""
+    store = args.store or Path(paths.images_root) / f"{args.dataset}.zarr"
+    out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
+    try:
+        check_writable(out, "run (checkpoint, history, metrics)")
+        if not store.exists():
+            code = _ingest_images_first(args.dataset, store, paths, args.params, args.overrides)
+            if code:
+                return code
+        run_images(cfg, store, out, resume=args.resume, progress=not args.no_progress, recipe=recipe)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _ingest_images_first(dataset: str, store: Path, paths: PathsConfig, params: Path, overrides: list[str]) -> int:
+    """No image store yet: ingest the raw release if it is in place, else say what to download and where (exit 2,
+    as for a missing event data set). The ingest runs as its stage's command, ``python -m pipeline.ingest_images``
+    (a stage never imports another stage)."""
+    spec = IMAGE_DATASETS[dataset]
+    raw = Path(paths.raw_root) / dataset
+    try:
+        spec.check_raw(raw)
+    except MissingRawDataError as err:
+        print(f"error: raw data for {dataset} is missing: {err}", file=sys.stderr)
+        return 2
+    print(f"image store {store} not found: ingesting {raw} first", flush=True)
+    cmd = [sys.executable, "-m", "pipeline.ingest_images", dataset, "--raw", str(raw), "--out", str(store),
+           "--params", str(params), "--no-progress", *(a for o in overrides for a in ("--set", o))]
+    return subprocess.run(cmd, check=False).returncode
 
 
 def _ingest_first(dataset: str, store: Path, paths: PathsConfig, ingest_cfg: IngestConfig) -> int:

@@ -52,8 +52,12 @@ def test_dvc_repro_dry_lists_every_stage():
     assert out.returncode == 0, out.stderr
     stages = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
     runs = [f"orbit_digits-{m}-{k}" for m in ("baseline", "tssd") for k in (0, 1, 2)]
+    image_runs = [f"digits_img-{m}-{k}" for m in ("baseline", "tssd") for k in (0, 1, 2)]  # params image_datasets:
     assert stages == (["generate@digits_dvs", "generate@orbit_digits", "ingest@orbit_digits", "bin@orbit_digits"]
-                      + [f"{stage}@{r}" for stage in ("train", "evaluate", "export") for r in runs] + ["report"])
+                      + [f"{stage}@{r}" for stage in ("train", "evaluate", "export") for r in runs]
+                      + ["ingest_images@digits_img"]
+                      + [f"{stage}_images@{r}" for stage in ("train", "evaluate", "export") for r in image_runs]
+                      + ["report"])
 
 
 def test_real_dataset_stages_fail_at_once_with_instructions(tmp_path):

@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every stage module; dvc.yaml runs all of these but show, download and study.
-STAGES = ("generate", "ingest", "bin", "train", "evaluate", "report", "study", "show", "download")
+STAGES = ("generate", "ingest", "ingest_images", "bin", "train", "evaluate", "report", "study", "show", "download")
 PACKAGES = ("pipeline", "models")
 
 
