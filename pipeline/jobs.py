@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -41,10 +42,13 @@ class Job:
     seed: int
     overrides: tuple[str, ...]  # every --set of the run, train.seed last
     out: Path
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for the stages (e.g. OMP_NUM_THREADS)
 
     def spec(self, params_hash: str) -> dict:
-        return {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
+        """What defines the run's result (``env`` only when set: CPU results depend on the thread count)."""
+        spec = {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
                 "set": list(self.overrides), "params": params_hash}
+        return spec | ({"env": dict(self.env)} if self.env else {})
 
 
 def params_hash(params_path: Path, dataset: str) -> str:
@@ -99,22 +103,24 @@ def _children_cpu_s() -> float:
 
 def run_job(job: Job, params: Path, phash: str, stages: Sequence[str] = ("train", "evaluate"),
             log: str | None = None, batch: str = "study") -> int:
-    """Run ``stages`` of ``job``, one process each (``--params``, ``--no-progress`` and the job's ``--set``), then
+    """Run ``stages`` of ``job``, one process each (``--params``, ``--no-progress``, the job's ``--set`` and its
+    ``env`` over this process's environment), then
     write `DONE` (spec, ``run_time_s`` wall clock, ``cpu_s`` user + system CPU of the stage processes).
 
     ``log``: a file name in ``job.out`` that takes the stages' stdout and stderr (appended) instead of this
     process's. Returns the first non-zero exit code (the folder is then not a finished run), else 0."""
     common = ["--params", str(params), "--no-progress"] + [a for o in job.overrides for a in ("--set", o)]
+    env = {**os.environ, **dict(job.env)} if job.env else None
     (job.out / DONE).unlink(missing_ok=True)  # from here on the folder is not a finished run
     t0, cpu0 = time.monotonic(), _children_cpu_s()
     for stage in stages:
         cmd = [sys.executable, "-m", f"pipeline.{stage}", *_stage_args(stage, job), *common]
         if log is None:
-            code = subprocess.run(cmd).returncode
+            code = subprocess.run(cmd, env=env).returncode
         else:
             job.out.mkdir(parents=True, exist_ok=True)
             with open(job.out / log, "a") as fh:
-                code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
+                code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         if code:
             where = f" (its output: {job.out / log})" if log else ""
             print(f"error: {stage} failed (exit {code}) for {job.out}{where}; the {batch} stops here, a re-run "

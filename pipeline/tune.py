@@ -1,7 +1,8 @@
 """Stage (outside `dvc repro`): tune lr, epochs (and α, β, τ_kd) on validation, with the same budget per method.
 
     python -m pipeline.tune <dataset> [--methods baseline tssd] [--trials 6] [--seeds 100 101] [--plan] [--redo]
-                            [--sampler-seed 0] [--root data_cache/tune] [--params params.yaml] [--set train.k=v ...]
+                            [--sampler-seed 0] [--threads 1] [--root data_cache/tune] [--params params.yaml]
+                            [--set train.k=v ...]
 
 Design (issue 11, part 3: "tune α, β, τ_kd, lr, epochs on validation with the same budget for every method"):
 
@@ -24,6 +25,9 @@ Design (issue 11, part 3: "tune α, β, τ_kd, lr, epochs on validation with the
   `pipeline.study` runs it, via `pipeline.jobs`); its stdout (which prints a test accuracy) goes to the run's
   ``train.log``, not to this process's output; ``metrics.json`` is parsed keeping only its ``val_*`` keys and
   ``epochs`` (`read_val`: a test key never becomes a Python value here).
+* **One thread per run** (``--threads``, default 1: ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` of the stages,
+  recorded in each run's spec, since CPU results depend on the thread count). On a loaded 2-core machine a
+  2-thread tssd run spent ~10x the CPU of an idle one per epoch, waiting at its threads' barriers.
 * **No new frame cache.** Tuning changes no binning; a run whose caches (every split at T_s and T_t) do not all
   exist is refused before any training, so tuning never writes into a shared ``frames_root``.
 
@@ -132,8 +136,13 @@ def _text(value) -> str:
     return str(int(value)) if isinstance(value, int) else repr(float(value))
 
 
+def thread_env(threads: int) -> tuple[tuple[str, str], ...]:
+    """The stages' thread count (OpenMP/MKL: torch's intra-op pool), part of every run's spec."""
+    return (("OMP_NUM_THREADS", str(threads)), ("MKL_NUM_THREADS", str(threads)))
+
+
 def plan(dataset: str, methods: list[str], trials: int, seeds: list[int], root: Path, defaults: dict[str, TrainConfig],
-         overrides: list[str], sampler_seed: int = 0) -> list[tuple[Job, int, dict]]:
+         overrides: list[str], sampler_seed: int = 0, threads: int = 1) -> list[tuple[Job, int, dict]]:
     """Every run of the tuning as (job, trial, values), trial-major: per trial, per seed, the methods."""
     out = []
     for k in range(trials):
@@ -141,8 +150,8 @@ def plan(dataset: str, methods: list[str], trials: int, seeds: list[int], root: 
             for m in methods:
                 values = trial_values(m, k, defaults[m], sampler_seed)
                 sets = (*overrides, *(f"train.{n}={_text(v)}" for n, v in values.items()), f"train.seed={seed}")
-                out.append((Job(dataset, f"{m}-trial{k}", m, seed, sets, root / dataset / m / f"trial{k}-seed{seed}"),
-                            k, values))
+                out.append((Job(dataset, f"{m}-trial{k}", m, seed, sets, root / dataset / m / f"trial{k}-seed{seed}",
+                                thread_env(threads)), k, values))
     return out
 
 
@@ -266,14 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=6, help="trials per method (trial 0: the defaults)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     ap.add_argument("--sampler-seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per run (part of each run's spec)")
     ap.add_argument("--root", type=Path, default=Path("data_cache/tune"))
     ap.add_argument("--plan", action="store_true", help="print the trials and the runs left; run nothing")
     ap.add_argument("--redo", action="store_true", help="re-run finished runs whose spec differs")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    if args.trials < 1 or len(set(args.seeds)) != len(args.seeds) or len(set(args.methods)) != len(args.methods):
-        print("error: --trials must be >= 1, and --seeds / --methods must not repeat", file=sys.stderr)
+    if args.trials < 1 or args.threads < 1 or len(set(args.seeds)) != len(args.seeds) or len(set(args.methods)) != len(args.methods):
+        print("error: --trials and --threads must be >= 1, and --seeds / --methods must not repeat", file=sys.stderr)
         return 2
     reported = set((yaml.safe_load(args.params.read_text()) or {}).get("seeds") or [])
     if clash := sorted(reported & set(args.seeds)):
@@ -283,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = {m: load_section("train", TrainConfig, args.params, [*args.overrides, f"train.method={m}"],
                                 dataset=args.dataset) for m in args.methods}
     runs = plan(args.dataset, args.methods, args.trials, args.seeds, args.root, defaults, args.overrides,
-                args.sampler_seed)
+                args.sampler_seed, args.threads)
     phash = params_hash(args.params, args.dataset)
     states = [(job, *job_state(job, phash, OUTPUTS)) for job, _, _ in runs]
     finished = [(j, rec) for j, st, rec in states if rec is not None]

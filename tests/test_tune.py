@@ -91,14 +91,19 @@ def _val_acc(sets: dict, seed: int) -> float:
     return round(a, 6)
 
 
+class _Calls(list):
+    threads: list[str]
+
+
 @pytest.fixture
 def fake_train(monkeypatch):
     """`subprocess.run` of pipeline.train, recorded: writes metrics.json (val from `_val_acc`, test: noise) and
     prints a test accuracy to its stdout, as the real stage does."""
-    calls, rng = [], np.random.default_rng(0)
+    calls, rng, threads = _Calls(), np.random.default_rng(0), ["1"]
 
     def run(cmd, stdout=None, stderr=None, **kwargs):
         assert cmd[2] == "pipeline.train", "tuning runs train only"
+        assert kwargs["env"]["OMP_NUM_THREADS"] == kwargs["env"]["MKL_NUM_THREADS"] == threads[0]
         args = cmd[3:]
         out = Path(args[args.index("--out") + 1])
         sets = {}
@@ -117,6 +122,7 @@ def fake_train(monkeypatch):
 
     monkeypatch.setattr(jobs.subprocess, "run", run)
     monkeypatch.setattr(tune, "missing_caches", lambda *a, **k: [])
+    calls.threads = threads  # the thread count the fake expects in the stages' environment
     return calls
 
 
@@ -206,3 +212,12 @@ def test_tune_refuses_reported_seeds_missing_caches_and_changed_specs(tmp_path, 
     assert "finished with another spec" in capsys.readouterr().err and not fake_train
     assert tune.main(_args(tmp_path, "--methods", "baseline", "--sampler-seed", "1", "--redo")) == 0
     assert len(fake_train) == 4  # trial 0 (the defaults) is unchanged; trials 1, 2 x 2 seeds are redone
+    # the thread count is part of every run's spec (CPU results depend on it)
+    fake_train.clear()
+    assert tune.main(_args(tmp_path, "--methods", "baseline", "--threads", "2")) == 2
+    assert "finished with another spec" in capsys.readouterr().err and not fake_train
+    fake_train.threads[0] = "2"
+    assert tune.main(_args(tmp_path, "--methods", "baseline", "--threads", "2", "--redo")) == 0
+    assert len(fake_train) == 6
+    rec = json.loads((tmp_path / "tune/orbit_digits/baseline/trial0-seed100" / jobs.DONE).read_text())
+    assert rec["spec"]["env"] == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
