@@ -40,7 +40,7 @@ from models.neurons import LIF  # noqa: E402
 
 #: arch -> (H = W, T_s, T_t, classes, batch size, optimizer) of params.yaml's recipes (digits_dvs: `small`).
 RECIPES = {"small": (32, 2, 4, 10, 32, "sgd"), "gesture_net": (64, 16, 32, 11, 16, "adamw"),
-           "vggsnn": (48, 10, 20, 10, 64, "sgd")}
+           "vggsnn": (48, 10, 20, 10, 64, "sgd"), "vgg9": (48, 5, 10, 10, 64, "sgd")}  # vgg9: tssd_vgg9
 
 
 def _emit(out: Path, row: dict) -> None:

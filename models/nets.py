@@ -364,6 +364,40 @@ def _build_vggsnn(
     return stages, channels, LinearHead(512 * h * w, n_classes)
 
 
+class SpikingBNHead(nn.Module):
+    """BNTT-style classifier (VGG-9): flatten -> linear (no bias) -> BatchNorm over the folded ``T*B`` batch
+    (a :class:`TimeBatchNorm2d`, so it follows ``bn_stats`` like the backbone's) -> LIF -> linear readout (no LIF).
+    ``[T, B, C, h, w]`` -> ``[T, B, classes]``."""
+
+    def __init__(self, n_features: int, n_hidden: int, n_classes: int, neuron: NeuronConfig, *,
+                 readout_bias: bool, extra_T: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_features, n_hidden, bias=False)
+        self.bn = TimeBatchNorm2d(n_hidden, extra_T)
+        self.lif = LIF(neuron)
+        self.fc2 = nn.Linear(n_hidden, n_classes, bias=readout_bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.fc1(x.flatten(2))  # [T, B, hidden]
+        h = self.bn(h.flatten(0, 1)[:, :, None, None]).view(h.shape)
+        spikes, _ = self.lif(h)
+        return self.fc2(spikes), [spikes]
+
+
+def _build_vgg9(
+    in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig, extra_T: tuple[int, ...] = ()
+) -> tuple[dict[str, Stage], dict[str, int], nn.Module]:
+    # VGG-9 of BNTT (Kim & Panda 2021; TSSD's and Strong2Weak's backbone): 64, 64, AP, 128, 128, AP, 256, 256, 256,
+    # AP, fc 1024 - LIF, fc classes. As BNTT's code: no bias in any conv or linear layer (each conv and fc1 feeds a
+    # BatchNorm), no dropout. Ours: BatchNorm over T*B with affine weight and bias (BNTT: one BN per time step,
+    # bias removed), LIF instead of BNTT's IF with leak 0.95 / Poisson input.
+    plan = [[64, 64], [128, 128], [256, 256, 256]]
+    stages, channels = _conv_stages(plan, in_channels, neuron, bias=False, pool=lambda: nn.AvgPool2d(2),
+                                    extra_T=extra_T)
+    h, w = input_hw[0] // 8, input_hw[1] // 8
+    return stages, channels, SpikingBNHead(256 * h * w, 1024, n_classes, neuron, readout_bias=False, extra_T=extra_T)
+
+
 def _build_gesture_net(
     in_channels: int, n_classes: int, input_hw: tuple[int, int], neuron: NeuronConfig, extra_T: tuple[int, ...] = ()
 ) -> tuple[dict[str, Stage], dict[str, int], nn.Module]:
@@ -391,6 +425,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "vggsnn": ArchSpec(
         _build_vggsnn, ("stage1", "stage2", "stage3", "stage4"), "stage2", 16,
         "TET VGGSNN, CIFAR10-DVS at 48x48 (~9.3 M parameters)",
+    ),
+    "vgg9": ArchSpec(
+        _build_vgg9, ("stage1", "stage2", "stage3"), "stage2", 8,
+        "BNTT / TSSD VGG-9, any size >= 8 (deployed parameters: 2x48x48 -> 11 classes 11,186,560, -> 10 classes "
+        "11,185,536; 3x32x32 -> 10 classes 5,943,232)",
     ),
     "gesture_net": ArchSpec(
         _build_gesture_net, ("stage1", "stage2", "stage3", "stage4", "stage5"), "stage3", 32,

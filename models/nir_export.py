@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.nets import ConvBNLIF, LinearHead, SpikingMLPHead, SpikingNet
+from models.nets import ConvBNLIF, LinearHead, SpikingBNHead, SpikingMLPHead, SpikingNet
 from models.neurons import LIF
 
 __all__ = ["NIRExportError", "ExportInfo", "to_nir", "NEURON_FORMS", "POOL_FORMS", "DEFAULT_DT_S"]
@@ -141,12 +141,14 @@ class _Builder:
         h, wd = (int(v) for v in node.output_type["output"][1:])
         self.shape = (c_out, h, wd)
 
-    def linear(self, name: str, fc: nn.Linear, gain: float) -> None:
-        w = _np(fc.weight) * self._take_scale() * gain
-        if fc.bias is None:
+    def linear(self, name: str, fc: nn.Linear, gain: float, bn: nn.BatchNorm2d | None = None) -> None:
+        w, bias = (_np(fc.weight), None if fc.bias is None else _np(fc.bias)) if bn is None else _fold_bn(
+            fc.weight, fc.bias, bn)
+        w = w * self._take_scale() * gain
+        if bias is None:
             self.add(name, self.nir.Linear(weight=w.astype(np.float32)))
         else:
-            self.add(name, self.nir.Affine(weight=w.astype(np.float32), bias=(_np(fc.bias) * gain).astype(np.float32)))
+            self.add(name, self.nir.Affine(weight=w.astype(np.float32), bias=(bias * gain).astype(np.float32)))
         self.shape = (w.shape[0],)
 
     def pooling(self, name: str, module: nn.Module) -> None:
@@ -244,6 +246,10 @@ def to_nir(net: SpikingNet, input_hw: tuple[int, int], *, T: int | None = None, 
         b.linear("head_fc", head.fc, 1.0)
     elif isinstance(head, SpikingMLPHead):  # dropout is the identity at inference
         b.linear("head_fc1", head.fc1, b.gain(head.lif))
+        b.lif("head_lif", head.lif)
+        b.linear("head_fc2", head.fc2, 1.0)
+    elif isinstance(head, SpikingBNHead):  # vgg9: its BatchNorm folded into fc1
+        b.linear("head_fc1", head.fc1, b.gain(head.lif), head.bn)
         b.lif("head_lif", head.lif)
         b.linear("head_fc2", head.fc2, 1.0)
     else:

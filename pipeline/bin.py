@@ -4,6 +4,7 @@
                                      [--semantics exact|tonic|spikingjelly] [--dtype uint8|int16|float32]
                                      [--format zarr|h5] [--store PATH] [--splits train val test] [--set bin.key=value]
     python -m pipeline.bin <dataset> --for-training [--prune]
+    (either form: [--recipe NAME], one of the dataset's named recipes; default its recipes.<dataset>.use)
 
 Defaults come from ``params.yaml`` (``bin:``, then the dataset's ``recipes.<name>.bin``, then ``--set``, then the
 flags, which are ``--set bin.*`` overrides: `pipeline.config.flag_overrides`). Each
@@ -11,7 +12,8 @@ cache lands at `pipeline.frames.cache_path` (a name derived from every parameter
 same key are reused, never rebuilt stale. Prints one line per cache.
 
 ``--for-training`` builds exactly the caches `pipeline.train` will open for this dataset (every split of the store --
-train, val, test -- at T_s and T_t; `pipeline.evaluate` rebins the test or val split on the fly at other T); ``--prune`` then deletes every other cache
+train, val, test -- at T_s and T_t, and at those a recipe's ``by_method`` layer sets for a method; `pipeline.evaluate`
+rebins the test or val split on the fly at other T); ``--prune`` then deletes every other cache
 in the dataset's folder (what the DVC stage does, so its output holds no stale caches).
 
 Before any cache is built: the frames folder must be writable, and every split asked for must hold at least one
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 
 from pipeline.binning import DTYPE_NAMES, SEMANTICS
-from pipeline.config import FORMATS, IngestConfig, PathsConfig, flag_overrides, load_section
+from pipeline.config import FORMATS, IngestConfig, PathsConfig, flag_overrides, load_section, recipe_methods
 from pipeline.frames import BY, BinConfig, Binning, Timesteps, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
 from pipeline.store import open_event_store, remove_path
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=FORMATS)
     ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
     ap.add_argument("--splits", nargs="+", help="default: every split of the store (train, val, test)")
+    ap.add_argument("--recipe", help="one of the dataset's named recipes (default: its recipes.<dataset>.use)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--for-training", action="store_true", help="the caches train/evaluate need (params.yaml train:)")
@@ -80,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = load_section("paths", PathsConfig, args.params, args.overrides)
     if args.for_training:
         return _for_training(args.dataset, args.params, args.overrides, args.store, paths, args.prune,
-                             not args.no_progress)
+                             not args.no_progress, args.recipe)
     overrides = args.overrides + flag_overrides("bin", T=args.T, out_size=args.out_size, by=args.by,
                                                 semantics=args.semantics, dtype=args.dtype, format=args.format)
-    cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset)
+    cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset, recipe=args.recipe)
     store = args.store or paths.store_path(args.dataset,
                                            load_section("ingest", IngestConfig, args.params, args.overrides).format)
     if not store.exists():
@@ -102,12 +105,17 @@ def _run_or_report(cfg: BinConfig, store: Path, frames_root: Path, splits: tuple
 
 
 def _for_training(dataset: str, params: Path, overrides: list[str], store: Path | None, paths: PathsConfig,
-                  prune: bool, progress: bool) -> int:
+                  prune: bool, progress: bool, recipe: str | None = None) -> int:
     # the caches train opens: bin: at the run's T_s and T_t (only those keys of train: are read; the flags
-    # --T, --dtype, ... are not applied: `pipeline.train` would not open caches binned with them)
-    timesteps = load_section("train", Timesteps, params, overrides, dataset=dataset, subset=True)
-    bin_cfg = load_section("bin", BinConfig, params, overrides + flag_overrides("bin", T=timesteps.frame_counts),
-                           dataset=dataset)
+    # --T, --dtype, ... are not applied: `pipeline.train` would not open caches binned with them); with a
+    # by_method layer, the union over the methods it names and the rest (whatever train.method says)
+    timesteps = [load_section("train", Timesteps, params, overrides, dataset=dataset, subset=True, recipe=recipe,
+                              by_method=False)]
+    timesteps += [load_section("train", Timesteps, params, [*overrides, f"train.method={m}"], dataset=dataset,
+                               subset=True, recipe=recipe) for m in recipe_methods(params, dataset, recipe, overrides)]
+    counts = sorted({T for t in timesteps for T in t.frame_counts})
+    bin_cfg = load_section("bin", BinConfig, params, overrides + flag_overrides("bin", T=counts),
+                           dataset=dataset, recipe=recipe)
     store = store or paths.store_path(dataset, load_section("ingest", IngestConfig, params, overrides).format)
     keep, code = _run_or_report(bin_cfg, store, Path(paths.frames_root), None, progress)
     if code:

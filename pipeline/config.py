@@ -2,8 +2,15 @@
 
 One loader, `load_section`, for every stage and every section::
 
-    params.yaml[section]  ->  recipes.<dataset>.<section> (merged key by key, when a dataset is given)
+    params.yaml[section]  ->  recipes.<dataset>[.<name>].<section> (merged key by key, when a dataset is given)
+                          ->  recipes.<dataset>[.<name>].by_method.<method> (``train`` only: the run's method)
                           ->  --set section.key=value (value parsed as YAML; replaces what is at that path)
+
+A dataset's recipe is either inline, ``recipes.<dataset>: {bin: {...}, train: {...}}``, or a set of named
+recipes, ``recipes.<dataset>: {use: tet, tet: {bin:, train:, by_method:}, tssd_vgg9: {...}}``, of which ``use``
+names the default and ``--recipe NAME`` (``recipe=``) picks another (`resolve_recipe`). ``by_method`` maps a
+method to ``train`` keys for that method only; the method itself is resolved first (flag > --set > recipe.train >
+train: > the dataclass default) and may not be set there.
 
 Unknown keys and wrong types are errors (`ConfigError`, naming the key). A stage's own flags (``--T``,
 ``--method``, ...) become ``--set``-style overrides with `flag_overrides`, appended after the user's ``--set``s, so
@@ -30,7 +37,8 @@ from typing import Any, TypeVar
 import yaml
 
 __all__ = ["ConfigError", "PathsConfig", "IngestConfig", "EvaluateConfig", "load_params", "load_section",
-           "apply_overrides", "flag_overrides", "build", "check_choice", "FORMATS"]
+           "apply_overrides", "flag_overrides", "build", "check_choice", "resolve_recipe", "recipe_methods",
+           "FORMATS", "RECIPE_KEYS"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 C = TypeVar("C")
@@ -171,30 +179,116 @@ def _mapping(name: str, value: Any) -> dict:
     return value
 
 
-def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,
-                 overrides: list[str] | None = None, *, dataset: str | None = None, subset: bool = False) -> C:
-    """``params.yaml[section]`` as a ``cls``: the section, then (``dataset`` given) ``recipes.<dataset>.<section>``
-    merged over it key by key (nested mappings such as ``augment`` one level deep), then the ``--set section.*``
-    overrides, each replacing the value at its path: an explicit command-line value always wins over the recipe.
+#: What a recipe may hold: the sections it applies over, and the per-method layer of ``train``.
+RECIPE_KEYS = ("bin", "train", "by_method")
 
+
+def _chosen_recipe(params: dict, dataset: str, recipe: str | None) -> tuple[str | None, dict, str]:
+    """(name, mapping, its params path) of ``dataset``'s recipe in the loaded ``params`` (name None: inline)."""
+    entry = _mapping(f"recipes.{dataset}", _mapping("recipes", params.get("recipes")).get(dataset))
+    where = f"recipes.{dataset}"
+    if "use" not in entry:  # the inline form (or no recipe at all: {})
+        if recipe is not None:
+            raise ConfigError(f"--recipe {recipe}: {where} has no named recipes (" + (
+                f"it is one inline recipe: {{{', '.join(map(str, entry))}}}" if entry else "none is defined")
+                + f"); to name recipes, write {where}: {{use: NAME, NAME: {{bin: ..., train: ...}}}}")
+        name, chosen = None, entry
+    else:
+        names = [k for k in entry if k != "use"]
+        if mixed := [k for k in names if k in RECIPE_KEYS]:
+            raise ConfigError(f"{where} has both use: (named recipes) and {mixed} (the inline form): move them "
+                              f"into a named recipe")
+        name = entry["use"] if recipe is None else recipe
+        if name not in names:
+            which = f"{where}.use = {name!r}" if recipe is None else f"--recipe {name}"
+            raise ConfigError(f"{which}: dataset {dataset} has no such recipe; its recipes: {', '.join(map(str, names))}")
+        where = f"{where}.{name}"
+        chosen = _mapping(where, entry[name])
+    if unknown := sorted(set(chosen) - set(RECIPE_KEYS)):
+        raise ConfigError(f"unknown key(s) in {where}: {unknown}; a recipe holds {', '.join(RECIPE_KEYS)}")
+    return name, chosen, where
+
+
+def resolve_recipe(params: str | Path | dict, dataset: str, recipe: str | None = None,
+                   overrides: list[str] | None = None) -> tuple[str | None, dict]:
+    """The recipe ``dataset``'s runs take: ``(name, {bin:, train:, by_method:})``, after the ``--set``
+    overrides (``recipes.<dataset>.use=NAME`` works like ``recipe=NAME``). The name is ``recipe`` if given, else
+    the dataset's ``use``; None for an inline recipe or none (``{}``). ConfigError: an unknown name (naming the
+    dataset's recipes), ``recipe`` given for a dataset without named recipes, a recipe key that is not one of
+    `RECIPE_KEYS`."""
+    data = apply_overrides(params if isinstance(params, dict) else load_params(params), overrides)
+    name, chosen, _ = _chosen_recipe(data, dataset, recipe)
+    return name, chosen
+
+
+def recipe_methods(params: str | Path | dict, dataset: str, recipe: str | None = None,
+                   overrides: list[str] | None = None) -> tuple[str, ...]:
+    """The methods the recipe's ``by_method`` layer names (in its order)."""
+    return tuple(_mapping("by_method", resolve_recipe(params, dataset, recipe, overrides)[1].get("by_method")))
+
+
+def _merge(value: dict, layer: dict) -> dict:
+    """``layer`` over ``value`` key by key, nested mappings (``augment``) one level deep."""
+    return {**value, **{k: ({**value[k], **v} if isinstance(v, dict) and isinstance(value.get(k), dict) else v)
+                        for k, v in layer.items()}}
+
+
+def load_section(section: str, cls: type[C], params: str | Path | dict = DEFAULT_PARAMS,
+                 overrides: list[str] | None = None, *, dataset: str | None = None, subset: bool = False,
+                 recipe: str | None = None, by_method: bool = True) -> C:
+    """``params.yaml[section]`` as a ``cls``: the section, then (``dataset`` given) the dataset's recipe's
+    ``<section>`` merged over it key by key (nested mappings such as ``augment`` one level deep), then (section
+    ``train``) the recipe's ``by_method.<method>`` for the run's method, then the ``--set section.*`` overrides,
+    each replacing the value at its path: an explicit command-line value always wins over the recipe.
+
+    ``recipe`` names one of the dataset's named recipes (None: its ``use``; see `resolve_recipe`).
     ``params`` is a path or an already loaded dict. ``subset=True`` reads only the keys ``cls`` declares (a
     stage that needs a few keys of another stage's section: `pipeline.bin --for-training` reads the training
-    timesteps); otherwise an unknown key in any layer is a ConfigError naming the layer."""
+    timesteps); otherwise an unknown key in any layer is a ConfigError naming the layer. ``by_method=False``
+    leaves the per-method layer out (`pipeline.bin --for-training` bins the union over the methods).
+
+    The method that picks the ``by_method`` layer is the one the run will have: the ``--set`` / flag value, else
+    the recipe's ``train.method``, else ``train.method``, else ``cls``'s default. The layer may not set
+    ``method``; a method it names is checked against ``cls.BY_METHOD`` when ``cls`` has one."""
     data = params if isinstance(params, dict) else load_params(params)
     overrides = list(overrides or [])
     # every other override first (recipes.*, other sections): they are checked here even when not used
     rest = apply_overrides(data, [o for o in overrides if not _under(o, section)])
     value = _mapping(section, rest.get(section))
-    if dataset is not None:
-        recipe = _mapping(f"recipes.{dataset}", _mapping("recipes", rest.get("recipes")).get(dataset))
-        layer = _mapping(f"recipes.{dataset}.{section}", recipe.get(section))
-        if not subset:
-            _check_keys(cls, layer, f"recipes.{dataset}.{section}")
-        value = {**value, **{k: ({**value[k], **v} if isinstance(v, dict) and isinstance(value.get(k), dict) else v)
-                             for k, v in layer.items()}}
     mine = [o for o in overrides if _under(o, section)]
+    if dataset is not None:
+        _, chosen, where = _chosen_recipe(rest, dataset, recipe)
+        layer = _mapping(f"{where}.{section}", chosen.get(section))
+        if not subset:
+            _check_keys(cls, layer, f"{where}.{section}")
+        value = _merge(value, layer)
+        if section == "train":
+            layers = _by_method_layers(cls, chosen, where, subset)
+            if by_method and layers:
+                after = _mapping(f"--set {section}", apply_overrides({section: value}, mine)[section])
+                fields = {f.name: f for f in dataclasses.fields(cls)}
+                default = fields["method"].default if "method" in fields else None
+                value = _merge(value, layers.get(after.get("method", default), {}))
+    elif recipe is not None:
+        raise ConfigError(f"recipe {recipe!r} given without a dataset")
     value = _mapping(f"--set {section}" if mine else section, apply_overrides({section: value}, mine)[section])
     return build(cls, value, section, subset=subset)
+
+
+def _by_method_layers(cls: type, chosen: dict, where: str, subset: bool) -> dict[str, dict]:
+    """The recipe's ``by_method`` mapping (method -> train keys), each layer's keys checked."""
+    layers = _mapping(f"{where}.by_method", chosen.get("by_method"))
+    methods = getattr(cls, "BY_METHOD", None)
+    for method, layer in layers.items():
+        name = f"{where}.by_method.{method}"
+        if methods is not None and method not in methods:
+            raise ConfigError(f"{where}.by_method names {method!r}, not a method; choose among {', '.join(methods)}")
+        layer = _mapping(name, layer)
+        if "method" in layer:
+            raise ConfigError(f"{name}.method: the per-method layer cannot change the method it is chosen by")
+        if not subset:
+            _check_keys(cls, layer, name)
+    return {m: _mapping(m, v) for m, v in layers.items()}
 
 
 def _check_keys(cls: type, data: dict, name: str) -> None:

@@ -42,13 +42,15 @@ class Job:
     seed: int
     overrides: tuple[str, ...]  # every --set of the run, train.seed last
     out: Path
+    recipe: str | None = None  # --recipe NAME (None: each dataset's recipes.<dataset>.use)
     env: tuple[tuple[str, str], ...] = ()  # environment variables set for the stages (e.g. OMP_NUM_THREADS)
 
     def spec(self, params_hash: str) -> dict:
-        """What defines the run's result (``env`` only when set: CPU results depend on the thread count)."""
+        """What defines the run's result (``recipe``, ``env`` only when set: CPU results depend on the thread
+        count)."""
         spec = {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
                 "set": list(self.overrides), "params": params_hash}
-        return spec | ({"env": dict(self.env)} if self.env else {})
+        return spec | ({"recipe": self.recipe} if self.recipe else {}) | ({"env": dict(self.env)} if self.env else {})
 
 
 def params_hash(params_path: Path, dataset: str) -> str:
@@ -90,7 +92,8 @@ def estimate(todo: list[Job], finished: list[tuple[Job, dict]]) -> tuple[float |
 
 def _stage_args(stage: str, job: Job) -> list[str]:
     if stage == "train":
-        return [job.dataset, "--method", job.method, "--out", str(job.out)]
+        return [job.dataset, "--method", job.method, "--out", str(job.out),
+                *(["--recipe", job.recipe] if job.recipe else [])]
     if stage == "evaluate":
         return [str(job.out)]
     raise ValueError(f"unknown stage {stage!r}: a job runs train, then optionally evaluate")

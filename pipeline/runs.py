@@ -53,7 +53,9 @@ class TrainConfig(Timesteps):
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine | constant | step
+    step_every: int = 30  # schedule step: the lr is multiplied by step_gamma every step_every epochs
+    step_gamma: float = 0.1
     seed: int = 0
     alpha: float = 1.0  # weight of the temporal self-distillation term
     beta: float = 1.0  # weight of the spatial self-distillation term
@@ -81,6 +83,8 @@ class TrainConfig(Timesteps):
 
     #: keys that were renamed: a params file that still uses one gets an error naming the new key
     RENAMED: typing.ClassVar[dict[str, str]] = {"gamma": "weak_ce"}
+    #: the methods a recipe's per-method layer (``recipes.<dataset>.by_method``) may name
+    BY_METHOD: typing.ClassVar[tuple[str, ...]] = tuple(METHODS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,7 +96,10 @@ class TrainConfig(Timesteps):
         check_choice("train.ssd_target", self.ssd_target, SSD_TARGETS)
         check_choice("train.select", self.select, SELECT)
         check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))  # `pipeline.train` builds them
-        check_choice("train.schedule", self.schedule, ("cosine", "constant"))
+        check_choice("train.schedule", self.schedule, SCHEDULES)
+        if self.step_every < 1 or not 0.0 < self.step_gamma <= 1.0:
+            raise ConfigError(f"train.step_every = {self.step_every} must be >= 1 (epochs) and train.step_gamma = "
+                              f"{self.step_gamma} in (0, 1]")
         check_choice("train.task_loss", self.task_loss, TASK_LOSSES)
         if self.epochs < 0 or self.batch_size <= 0:
             raise ConfigError(f"train.batch_size = {self.batch_size} must be positive and train.epochs = "
@@ -148,6 +155,10 @@ def saved_train_config(saved: dict) -> TrainConfig:
             saved[new] = saved.pop(old)
     return build(TrainConfig, {**_BEFORE_KEY, **saved}, "checkpoint config.train")
 
+
+#: The learning-rate schedules (`pipeline.train._lr_factor`): cosine to 0 over the epochs, constant, or step
+#: (x step_gamma every step_every epochs).
+SCHEDULES = ("cosine", "constant", "step")
 
 #: How a run picks the epoch it deploys (`pipeline.train`): never on test.
 SELECT = ("last", "best_val")

@@ -2,14 +2,16 @@
 
     python -m pipeline.study [--datasets digits_dvs orbit_digits] [--methods baseline multi_T tsd ssd tssd]
                              [--seeds 0 1 ... 9] [--ablation LABEL KEY=VALUE [KEY=VALUE ...]] [--no-ablations]
-                             [--plan] [--redo] [--set train.k=v ...]
+                             [--plan] [--redo] [--recipe NAME] [--set train.k=v ...]
 
 Each run trains and evaluates (the stages as DVC runs them, one process each) into
 ``<runs_root>/<dataset>/study/<arm>-seed<k>/``, where the arm is a method (``tssd``) or an ablation: a method
 with one switch changed, ``--set`` on top of params.yaml (``tssd-bn_shared`` = tssd with
 ``train.bn_stats=shared``; the method is the label's part before the first ``-``). `pipeline.report` pairs the
 runs by seed. Defaults: the datasets of params.yaml ``datasets:``, the five methods, seeds 0-9 and the ablations
-in `ABLATIONS` (each with the same seeds).
+in `ABLATIONS` (each with the same seeds). ``--recipe NAME`` trains every dataset with its named recipe NAME
+(`pipeline.train --recipe`; each dataset must have one of that name, checked before any run); it is part of each
+run's spec.
 
 Resumable: a finished run writes ``study.json`` last -- its spec (dataset, method, seed, every ``--set``, and a hash
 of the params.yaml sections that shape it) and its run time. A run whose ``study.json`` matches the current spec
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import PathsConfig, load_section
+from pipeline.config import PathsConfig, load_section, resolve_recipe
 from pipeline.guards import exits_on_error
 from pipeline.jobs import Job, estimate, job_state, params_hash, run_job
 from pipeline.predictions import FILENAME as PREDICTIONS
@@ -52,7 +54,7 @@ OUTPUTS = ("metrics.json", "eval.json", PREDICTIONS)
 
 
 def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: dict[str, tuple[str, ...]],
-         runs_root: Path, overrides: list[str]) -> list[Job]:
+         runs_root: Path, overrides: list[str], recipe: str | None = None) -> list[Job]:
     """Every job of the study, in run order: per seed, the methods then the ablations, per dataset."""
     jobs = []
     for ds in datasets:
@@ -61,7 +63,7 @@ def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: d
                                                      for label, sets in ablations.items()]
             for arm, method, sets in arms:
                 jobs.append(Job(ds, arm, method, seed, (*overrides, *sets, f"train.seed={seed}"),
-                                runs_root / ds / "study" / f"{arm}-seed{seed}"))
+                                runs_root / ds / "study" / f"{arm}-seed{seed}", recipe))
     return jobs
 
 
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--plan", action="store_true", help="print the runs left and their estimated time; run nothing")
     ap.add_argument("--redo", action="store_true", help="re-run finished runs whose spec differs")
+    ap.add_argument("--recipe", help="the named recipe of every dataset (default: each one's recipes.<dataset>.use)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if not datasets:
         print(f"error: no datasets: give --datasets or set datasets: in {args.params}", file=sys.stderr)
         return 2
-    jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides)
+    for ds in datasets:  # an unknown recipe name: refused before any run, naming the dataset's recipes
+        resolve_recipe(args.params, ds, args.recipe, args.overrides)
+    jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides, args.recipe)
     hashes = {ds: params_hash(args.params, ds) for ds in datasets}
     states = [(job, *job_state(job, hashes[job.dataset], OUTPUTS)) for job in jobs]
     finished = [(j, rec) for j, st, rec in states if rec is not None]

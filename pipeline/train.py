@@ -1,7 +1,7 @@
 """Stage: train a Norse LIF network with TSSD (or an ablation) on frame caches.
 
     python -m pipeline.train <dataset> [--method baseline|multi_T|tsd|ssd|tssd] [--epochs N] [--out DIR] [--resume]
-                                       [--set train.lr=0.05 ...]
+                                       [--recipe NAME] [--set train.lr=0.05 ...]
     torchrun --nproc_per_node=N -m pipeline.train <dataset> ...        (data-parallel, DDP)
 
 TSSD (temporal-spatial self-distillation, arXiv 2406.07862) in one step::
@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from models.losses import METHODS, tssd_loss
 from models.nets import SpikingNet, build_model, count_parameters
-from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section
+from pipeline.config import ConfigError, IngestConfig, PathsConfig, flag_overrides, load_section, resolve_recipe
 from pipeline.data import CacheView, MultiViewDataset, teacher_frames
 from pipeline.frames import BinConfig, Binning, FrameCache, cache_path, ensure_frame_cache
 from pipeline.guards import check_splits, check_writable, exits_on_error, frame_cache_bytes, writing
@@ -96,8 +96,9 @@ class Pair(nn.Module):
 
 # ------------------------------------------------------------------------------------------ the run
 def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Path, out_dir: Path, *,
-        resume: bool = False, progress: bool = True) -> dict:
+        resume: bool = False, progress: bool = True, recipe: str | None = None) -> dict:
     """Train ``cfg.method`` on the event store at ``store_path``; writes checkpoint/history/metrics to ``out_dir``.
+    ``recipe``: the name of the recipe ``cfg`` came from (`pipeline.config.resolve_recipe`), recorded only.
 
     Returns the metrics written to ``metrics.json`` (``{}`` on every DDP rank but 0)."""
     ranks = _set_up_ranks(cfg)
@@ -123,12 +124,13 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
             _print_epoch(row, cfg.epochs, state.epoch_s[-1])
             save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                              "scaler": scaler.state_dict(),
-                             "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg)},
+                             "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg),
+                                        "recipe": recipe},
                              "model_args": model_args, "epoch": epoch, **state.selection(epoch),
                              "history": state.history, "store_id": store.store_id, "store_path": str(store_path),
                              "frames_root": str(frames_root)}, ckpt_path)
     final = _score_selected(net, data, state, ranks.device, cfg.amp)
-    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks) if ranks.main else {}
+    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
     if ranks.distributed:
         dist.destroy_process_group()
     return metrics
@@ -321,6 +323,8 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     # closed form in the epoch (not chained from the current lr), so a resume with more epochs stretches it
     if cfg.schedule == "cosine":
         return lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / max(cfg.epochs, 1)))
+    if cfg.schedule == "step":  # x gamma every `step_every` epochs (TSSD's / BNTT's / Strong2Weak's: 0.1 every 30)
+        return lambda e: cfg.step_gamma ** (e // cfg.step_every)
     return lambda e: 1.0
 
 
@@ -519,12 +523,12 @@ def _print_epoch(row: dict, epochs: int, seconds: float) -> None:
 
 
 def _write_outputs(out_dir: Path, cfg: TrainConfig, store, state: _Progress, final: dict, deploy_params: int,
-                   ranks: _Ranks) -> dict:
+                   ranks: _Ranks, recipe: str | None = None) -> dict:
     """history.csv, metrics.json (the selected epoch, its val accuracies, its test accuracies measured once by
     `_score_selected`) and timings.json (wall-clock: not a tracked output); returns the metrics."""
     _write_history(out_dir / "history.csv", state.history)
-    metrics = {"dataset": store.attrs["dataset"], "method": cfg.method, "arch": cfg.arch, "T_s": cfg.T_s,
-               "T_t": cfg.teacher_T, "epochs": len(state.history), "select": cfg.select,
+    metrics = {"dataset": store.attrs["dataset"], "recipe": recipe, "method": cfg.method, "arch": cfg.arch,
+               "T_s": cfg.T_s, "T_t": cfg.teacher_T, "epochs": len(state.history), "select": cfg.select,
                "selected_epoch": state.selected_epoch if state.history else None,
                "val_acc_Ts": final.get("val_acc"), "val_acc_Tt": final.get("val_acc_teacher"),
                "test_acc_Ts": final.get("test_acc"), "test_acc_Tt": final.get("test_acc_teacher"),
@@ -584,13 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, help="event store (default: <paths.events_root>/<dataset>.zarr)")
     ap.add_argument("--out", type=Path, help="run dir (default: <paths.runs_root>/<dataset>/<method>)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    ap.add_argument("--recipe", help="one of the dataset's named recipes (default: its recipes.<dataset>.use)")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     overrides = args.overrides + flag_overrides("train", method=args.method, epochs=args.epochs)
-    cfg = load_section("train", TrainConfig, args.params, overrides, dataset=args.dataset)
-    bin_cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset)
+    recipe, _ = resolve_recipe(args.params, args.dataset, args.recipe, overrides)
+    cfg = load_section("train", TrainConfig, args.params, overrides, dataset=args.dataset, recipe=recipe)
+    bin_cfg = load_section("bin", BinConfig, args.params, overrides, dataset=args.dataset, recipe=recipe)
     paths = load_section("paths", PathsConfig, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, overrides)
     store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
@@ -601,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
             code = _ingest_first(args.dataset, store, paths, ingest_cfg)
             if code:
                 return code
-        run(cfg, bin_cfg, store, Path(paths.frames_root), out, resume=args.resume, progress=not args.no_progress)
+        run(cfg, bin_cfg, store, Path(paths.frames_root), out, resume=args.resume, progress=not args.no_progress,
+            recipe=recipe)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

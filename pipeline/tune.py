@@ -1,8 +1,8 @@
 """Stage (outside `dvc repro`): tune lr, epochs (and α, β, τ_kd) on validation, with the same budget per method.
 
     python -m pipeline.tune <dataset> [--methods baseline tssd] [--trials 6] [--seeds 100 101] [--plan] [--redo]
-                            [--sampler-seed 0] [--threads 1] [--root data_cache/tune] [--params params.yaml]
-                            [--set train.k=v ...]
+                            [--sampler-seed 0] [--threads 1] [--root data_cache/tune] [--recipe NAME]
+                            [--params params.yaml] [--set train.k=v ...]
 
 Design (issue 11, part 3: "tune α, β, τ_kd, lr, epochs on validation with the same budget for every method"):
 
@@ -14,8 +14,11 @@ Design (issue 11, part 3: "tune α, β, τ_kd, lr, epochs on validation with the
   three). Each stream is seeded by (``--sampler-seed``, stream, k), so trial k's values do not depend on how many
   trials are asked for: a run with more trials extends the table, and resumes the trials already run. Draws are
   rounded to 3 significant digits (what ``--set`` passes and ``trials.csv`` records).
-* **Trial 0 = the current defaults** of the method (params.yaml ``train:`` + ``recipes.<dataset>``: today lr 0.1,
-  20 epochs, alpha = beta = 1, tau_kd = 2), so tuning can only improve the validation objective.
+* **Trial 0 = the current defaults** of the method (params.yaml ``train:``, then the dataset's recipe -- ``--recipe
+  NAME`` or its ``use`` -- and its ``by_method`` layer for the method: today lr 0.1, 20 epochs, alpha = beta = 1,
+  tau_kd = 2), so tuning can only improve the validation objective. Every trial passes all its values as
+  ``--set``, which wins over ``by_method``: pasting the result changes trial 0 and the params hash, so a re-run
+  then asks for ``--redo`` (or another ``--root``).
 * **Seeds.** ``--seeds`` (default 100 101) must be disjoint from params.yaml ``seeds:`` (the reported runs,
   0 1 2): the runs that choose a setting never are the runs that report it.
 * **Objective:** the mean over the tuning seeds of the validation accuracy at T_s of the deployed epoch
@@ -143,7 +146,8 @@ def thread_env(threads: int) -> tuple[tuple[str, str], ...]:
 
 
 def plan(dataset: str, methods: list[str], trials: int, seeds: list[int], root: Path, defaults: dict[str, TrainConfig],
-         overrides: list[str], sampler_seed: int = 0, threads: int = 1) -> list[tuple[Job, int, dict]]:
+         overrides: list[str], sampler_seed: int = 0, threads: int = 1, recipe: str | None = None
+         ) -> list[tuple[Job, int, dict]]:
     """Every run of the tuning as (job, trial, values), trial-major: per trial, per seed, the methods."""
     out = []
     for k in range(trials):
@@ -152,7 +156,7 @@ def plan(dataset: str, methods: list[str], trials: int, seeds: list[int], root: 
                 values = trial_values(m, k, defaults[m], sampler_seed)
                 sets = (*overrides, *(f"train.{n}={_text(v)}" for n, v in values.items()), f"train.seed={seed}")
                 out.append((Job(dataset, f"{m}-trial{k}", m, seed, sets, root / dataset / m / f"trial{k}-seed{seed}",
-                                thread_env(threads)), k, values))
+                                recipe, thread_env(threads)), k, values))
     return out
 
 
@@ -189,11 +193,11 @@ def rank(results: dict[int, dict], seeds: list[int]) -> list[dict]:
 
 
 def missing_caches(dataset: str, methods: list[str], defaults: dict[str, TrainConfig], params: Path,
-                   overrides: list[str]) -> list[Path]:
+                   overrides: list[str], recipe: str | None = None) -> list[Path]:
     """The frame caches a run of these methods would have to build (every split at T_s and T_t)."""
     paths = load_section("paths", PathsConfig, params, overrides)
     ingest = load_section("ingest", IngestConfig, params, overrides)
-    bin_cfg = load_section("bin", BinConfig, params, overrides, dataset=dataset)
+    bin_cfg = load_section("bin", BinConfig, params, overrides, dataset=dataset, recipe=recipe)
     store = open_event_store(paths.store_path(dataset, ingest.format))
     if "val" not in store.splits:
         raise ValueError(f"{store.path}: no validation split; tuning needs one (ingest.val.{dataset})")
@@ -247,7 +251,8 @@ def summarize(runs: list[tuple[Job, int, dict]], methods: list[str], seeds: list
                          + " ".join(map(str, seeds)))
         choice["methods"][m] = entry
     done = all(choice["methods"][m]["complete"] for m in methods)
-    snippet = ("# paste under recipes.<dataset> in params.yaml, next to its train: (the by_method layer, CONTRACTS 1)\n"
+    snippet = ("# paste under recipes.<dataset> (or its named recipe) in params.yaml, next to its train: (the\n"
+               "# by_method layer, CONTRACTS 1)\n"
                f"# tuned on validation by pipeline.tune ({trials} trials per method, seeds "
                f"{' '.join(map(str, seeds))}, sampler seed {sampler_seed})"
                + ("" if done else "; INCOMPLETE: not every trial has finished") + "\n"
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler-seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="OMP/MKL threads per run (part of each run's spec)")
     ap.add_argument("--root", type=Path, default=Path("data_cache/tune"))
+    ap.add_argument("--recipe", help="tune this named recipe of the dataset (default: its recipes.<dataset>.use)")
     ap.add_argument("--plan", action="store_true", help="print the trials and the runs left; run nothing")
     ap.add_argument("--redo", action="store_true", help="re-run finished runs whose spec differs")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -292,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
               "others (default 100 101)", file=sys.stderr)
         return 2
     defaults = {m: load_section("train", TrainConfig, args.params, [*args.overrides, f"train.method={m}"],
-                                dataset=args.dataset) for m in args.methods}
+                                dataset=args.dataset, recipe=args.recipe) for m in args.methods}
     runs = plan(args.dataset, args.methods, args.trials, args.seeds, args.root, defaults, args.overrides,
-                args.sampler_seed, args.threads)
+                args.sampler_seed, args.threads, args.recipe)
     phash = params_hash(args.params, args.dataset)
     states = [(job, *job_state(job, phash, OUTPUTS)) for job, _, _ in runs]
     finished = [(j, rec) for j, st, rec in states if rec is not None]
@@ -312,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(str(j.out) for j in other[:5]) + (" ..." if len(other) > 5 else "")
               + "; re-run with --redo, or use another --root", file=sys.stderr)
         return 2
-    if missing := missing_caches(args.dataset, args.methods, defaults, args.params, args.overrides):
+    if missing := missing_caches(args.dataset, args.methods, defaults, args.params, args.overrides, args.recipe):
         print("error: tuning would build frame caches that do not exist (" + ", ".join(map(str, missing))
               + "); bin them first (python -m pipeline.bin)", file=sys.stderr)
         return 2

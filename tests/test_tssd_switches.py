@@ -148,7 +148,7 @@ def _combos(arch: str) -> list[tuple[str, str, str, float]]:
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_deploy_equals_baseline_for_every_switch_combination_that_changes_the_model(arch):
-    hw = {"vggsnn": [16, 16], "gesture_net": [32, 32], "small": [16, 16]}[arch]
+    hw = {"vggsnn": [16, 16], "gesture_net": [32, 32], "small": [16, 16], "vgg9": [8, 8]}[arch]
     base_cfg = TrainConfig(method="baseline", arch=arch)
     n_base = count_parameters(build_model(**_model_args(base_cfg, P, C, hw)))
     x = torch.poisson(torch.full((T_S, 4, P, *hw), 0.6))

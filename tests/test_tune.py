@@ -63,8 +63,13 @@ def test_trial_0_is_the_current_defaults():
            for m in ("baseline", "tssd")}
     assert got == {"baseline": {"lr": 0.1, "epochs": 20},
                    "tssd": {"lr": 0.1, "epochs": 20, "alpha": 1.0, "beta": 1.0, "tau_kd": 2.0}}
-    # and it follows params.yaml: trial 0 is whatever the method runs today
+    # and it follows params.yaml: trial 0 is whatever the method runs today, by_method layer included
     assert tune.trial_values("tssd", 0, TrainConfig(lr=0.05, alpha=0.5))["lr"] == 0.05
+    params = {"train": {"lr": 0.1}, "recipes": {"orbit_digits": {"by_method": {"tssd": {"lr": 0.05, "alpha": 2.0}}}}}
+    cfg = {m: load_section("train", TrainConfig, params, [f"train.method={m}"], dataset="orbit_digits")
+           for m in ("baseline", "tssd")}
+    assert tune.trial_values("tssd", 0, cfg["tssd"])["alpha"] == 2.0 and cfg["tssd"].lr == 0.05
+    assert tune.trial_values("baseline", 0, cfg["baseline"]) == {"lr": 0.1, "epochs": 20}
 
 
 def test_rank_objective_and_tie_rule():
