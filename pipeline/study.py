@@ -27,20 +27,15 @@ Run times go to ``study.json`` only (not hashed by DVC; the report does not read
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from pipeline.config import PathsConfig, load_section, resolve_recipe
 from pipeline.guards import exits_on_error
+from pipeline.jobs import Job, estimate, job_state, params_hash, run_job
 from pipeline.predictions import FILENAME as PREDICTIONS
-from pipeline.store import write_atomic
 
 __all__ = ["ABLATIONS", "METHODS", "Job", "plan", "main"]
 
@@ -55,33 +50,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "tssd-teacher_repeat": ("train.teacher_input=repeat",),
 }
 
-DONE = "study.json"
 OUTPUTS = ("metrics.json", "eval.json", PREDICTIONS)
-
-
-@dataclass(frozen=True)
-class Job:
-    """One study run: where it goes and what defines it."""
-
-    dataset: str
-    arm: str
-    method: str
-    seed: int
-    overrides: tuple[str, ...]  # the study's --set, then the ablation's, then train.seed
-    out: Path
-    recipe: str | None = None  # --recipe NAME (None: each dataset's recipes.<dataset>.use)
-
-    def spec(self, params_hash: str) -> dict:
-        return {"dataset": self.dataset, "arm": self.arm, "method": self.method, "seed": self.seed,
-                "set": list(self.overrides), "params": params_hash} | ({"recipe": self.recipe} if self.recipe else {})
-
-
-def params_hash(params_path: Path, dataset: str) -> str:
-    """sha256 of the params.yaml sections that shape a run on ``dataset`` (canonical JSON)."""
-    params = yaml.safe_load(params_path.read_text()) or {}
-    keys = (dataset, "ingest", "bin", "train", "evaluate")
-    shaping = {k: params.get(k) for k in keys} | {"recipe": (params.get("recipes") or {}).get(dataset)}
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: dict[str, tuple[str, ...]],
@@ -96,51 +65,6 @@ def plan(datasets: list[str], methods: list[str], seeds: list[int], ablations: d
                 jobs.append(Job(ds, arm, method, seed, (*overrides, *sets, f"train.seed={seed}"),
                                 runs_root / ds / "study" / f"{arm}-seed{seed}", recipe))
     return jobs
-
-
-def _state(job: Job, phash: str) -> tuple[str, dict | None]:
-    """("done" | "todo" | "other", study.json): finished with this spec, not finished, finished with another."""
-    done = job.out / DONE
-    if not done.exists() or not all((job.out / f).exists() for f in OUTPUTS):
-        return "todo", None
-    record = json.loads(done.read_text())
-    return ("done" if record.get("spec") == job.spec(phash) else "other"), record
-
-
-def _estimate(todo: list[Job], finished: list[tuple[Job, dict]]) -> tuple[float | None, int]:
-    """(seconds for the jobs in ``todo``, each at the mean run time of the finished runs most like it: same dataset
-    and method, else same dataset, else any; how many of them fell back to another dataset's runs)."""
-    times: dict[tuple, list[float]] = {}
-    for job, rec in finished:
-        for key in ((job.dataset, job.method), (job.dataset,), ()):
-            times.setdefault(key, []).append(float(rec["run_time_s"]))
-    total, guessed = 0.0, 0
-    for job in todo:
-        for key in ((job.dataset, job.method), (job.dataset,), ()):
-            if key in times:
-                total += sum(times[key]) / len(times[key])
-                guessed += key == ()
-                break
-        else:
-            return None, guessed
-    return total, guessed
-
-
-def _run(job: Job, params: Path, phash: str) -> int:
-    common = ["--params", str(params), "--no-progress"] + [a for o in job.overrides for a in ("--set", o)]
-    (job.out / DONE).unlink(missing_ok=True)  # from here on the folder is not a finished run
-    t0 = time.monotonic()
-    recipe = ["--recipe", job.recipe] if job.recipe else []
-    for stage, stage_args in (("train", [job.dataset, "--method", job.method, "--out", str(job.out), *recipe]),
-                              ("evaluate", [str(job.out)])):
-        code = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", *stage_args, *common]).returncode
-        if code:
-            print(f"error: {stage} failed (exit {code}) for {job.out}; the study stops here, a re-run resumes",
-                  file=sys.stderr)
-            return code
-    record = {"spec": job.spec(phash), "run_time_s": round(time.monotonic() - t0, 1)}
-    write_atomic(job.out / DONE, json.dumps(record, indent=2) + "\n")  # last: marks the run finished
-    return 0
 
 
 @exits_on_error
@@ -175,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         resolve_recipe(args.params, ds, args.recipe, args.overrides)
     jobs = plan(datasets, args.methods, args.seeds, ablations, Path(paths.runs_root), args.overrides, args.recipe)
     hashes = {ds: params_hash(args.params, ds) for ds in datasets}
-    states = [(job, *_state(job, hashes[job.dataset])) for job in jobs]
+    states = [(job, *job_state(job, hashes[job.dataset], OUTPUTS)) for job in jobs]
     finished = [(j, rec) for j, st, rec in states if rec is not None]
     other = [j for j, st, _ in states if st == "other"]
     todo = [j for j, st, _ in states if st != "done" and (st == "todo" or args.redo)]
-    est, guessed = _estimate(todo, finished)
+    est, guessed = estimate(todo, finished)
     print(f"study: {len(jobs)} runs ({len(datasets)} datasets x ({len(args.methods)} methods + {len(ablations)} "
           f"ablations) x {len(args.seeds)} seeds); {len(jobs) - len(todo) - (0 if args.redo else len(other))} done, "
           f"{len(todo)} to run; estimated "
@@ -194,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for i, job in enumerate(todo, 1):
         print(f"== [{i}/{len(todo)}] {job.dataset} {job.arm} seed {job.seed} -> {job.out}", flush=True)
-        if code := _run(job, args.params, hashes[job.dataset]):
+        if code := run_job(job, args.params, hashes[job.dataset]):
             return code
     return 0
 

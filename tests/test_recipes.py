@@ -290,10 +290,11 @@ def test_study_passes_the_recipe_to_train_and_refuses_an_unknown_one(tmp_path, m
 
     import yaml
 
+    import pipeline.jobs as jobs
     import pipeline.study as study
 
     calls = []
-    monkeypatch.setattr(study.subprocess, "run",
+    monkeypatch.setattr(jobs.subprocess, "run",
                         lambda cmd, **k: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**NAMED, "datasets": ["gest"], "paths": {"runs_root": str(tmp_path / "runs")}}))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import report, study
+from pipeline import jobs, report, study
 from pipeline.predictions import Predictions, PredictionsError, format_predictions, read_predictions
 
 N_TEST = 400
@@ -184,7 +184,7 @@ def fake_stages(monkeypatch):
             write_run(out, method, {2: 0.8, 4: 0.81}, rng)
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(study.subprocess, "run", run)
+    monkeypatch.setattr(jobs.subprocess, "run", run)
     return calls
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Every stage module; dvc.yaml runs all of these but show, download and study.
-STAGES = ("generate", "ingest", "ingest_images", "bin", "train", "evaluate", "report", "study", "show", "download")
+#: Every stage module; dvc.yaml runs all of these but show, download, study and tune.
+STAGES = ("generate", "ingest", "ingest_images", "bin", "train", "evaluate", "report", "study", "tune", "show",
+          "download")
 PACKAGES = ("pipeline", "models")
 
 
