@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every stage module; dvc.yaml runs all of these but show, download, study and tune.
-STAGES = ("generate", "ingest", "ingest_images", "bin", "train", "evaluate", "report", "study", "tune", "show",
+STAGES = ("generate", "ingest", "ingest_images", "bin", "train", "evaluate", "export", "report", "study", "tune", "show",
           "download")
 PACKAGES = ("pipeline", "models")
 
