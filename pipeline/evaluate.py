@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -96,18 +97,8 @@ def evaluate_run(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int = 64
     rows, preds = [], []
     for T in Ts:
         loader = DataLoader(MultiViewDataset({"x": RebinView(test, Binning.from_config(bin_cfg, T))}), batch_size)
-        counter = _OpCounter(net)
-        correct, n, rates, pred = 0, 0, {}, []
-        for views, y in loader:
-            out = net(views["x"].to(device).transpose(0, 1).contiguous(), record_rates=True)
-            pred.append(out.logits.mean(0).argmax(1).cpu())
-            correct += int((pred[-1] == y).sum())
-            for k, v in out.rates.items():
-                rates[k] = rates.get(k, 0.0) + v * len(y)
-            n += len(y)
-        counter.close()
-        preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
-        rows.append(_row(T, split, correct, n, counter, rates))
+        _score(net, ((views["x"].to(device).transpose(0, 1).contiguous(), y) for views, y in loader), T, split,
+               rows, preds)
     predictions = Predictions(tuple(Ts), np.arange(len(test), dtype=np.int64), np.asarray(test.recording, np.int64),
                               np.asarray(test.labels, np.int64), np.stack(preds).astype(np.int64))
     return rows, predictions
@@ -127,22 +118,30 @@ def _evaluate_images(net: nn.Module, ckpt: dict, Ts: list[int], batch_size: int,
     augment = saved_train_config(ckpt["config"]["train"]).image_augment  # its out_hw: the center crop
     rows, preds = [], []
     for T in Ts:
-        counter = _OpCounter(net)
-        correct, n, rates, pred = 0, 0, {}, []
-        for images, _, y in ordered_batches(data, batch_size, torch.device(device)):
-            out = net(direct(eval_input(images, norm, augment), T), record_rates=True)
-            pred.append(out.logits.mean(0).argmax(1).cpu())
-            correct += int((pred[-1] == y.cpu()).sum())
-            for k, v in out.rates.items():
-                rates[k] = rates.get(k, 0.0) + v * len(y)
-            n += len(y)
-        counter.close()
-        preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
-        rows.append(_row(T, split, correct, n, counter, rates))
+        _score(net, ((direct(eval_input(images, norm, augment), T), y)
+                     for images, _, y in ordered_batches(data, batch_size, torch.device(device))), T, split, rows, preds)
     predictions = Predictions(tuple(Ts), np.arange(len(data), dtype=np.int64), data.source_index,
                               data.labels.numpy().astype(np.int64), np.stack(preds).astype(np.int64),
                               sample_id="source_index")
     return rows, predictions
+
+
+def _score(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], T: int, split: str,
+           rows: list[dict], preds: list[np.ndarray]) -> None:
+    """Run ``net`` over ``batches`` of (input ``[T, B, ...]``, labels ``[B]``) at one T: append its eval.json row
+    to ``rows`` and the predicted class of every sample (argmax of the time-averaged logits) to ``preds``."""
+    counter = _OpCounter(net)
+    correct, n, rates, pred = 0, 0, {}, []
+    for x, y in batches:
+        out = net(x, record_rates=True)
+        pred.append(out.logits.mean(0).argmax(1).cpu())
+        correct += int((pred[-1] == y.cpu()).sum())
+        for k, v in out.rates.items():
+            rates[k] = rates.get(k, 0.0) + v * len(y)
+        n += len(y)
+    counter.close()
+    preds.append(torch.cat(pred).numpy() if pred else np.zeros(0, np.int64))
+    rows.append(_row(T, split, correct, n, counter, rates))
 
 
 def _row(T: int, split: str, correct: int, n: int, counter: _OpCounter, rates: dict[str, float]) -> dict:

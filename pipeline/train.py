@@ -129,20 +129,9 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     state = _resume(ckpt_path, cfg, bin_cfg, store, net, opt, sched, scaler, ranks) if resume else _Progress()
     if ranks.main:
         _print_summary(cfg, store, data, net, deploy_params, ranks)
-    for epoch in range(state.start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        row = _train_one_epoch(epoch, cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress)
-        row.update(_score_epoch(net, data, ranks.device, cfg.amp))
-        state.record(row, time.perf_counter() - t0, cfg.select, net)
-        if ranks.main:
-            _print_epoch(row, cfg.epochs, state.epoch_s[-1])
-            save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "scaler": scaler.state_dict(),
-                             "config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg),
-                                        "recipe": recipe},
-                             "model_args": model_args, "epoch": epoch, **state.selection(epoch),
-                             "history": state.history, "store_id": store.store_id, "store_path": str(store_path),
-                             "frames_root": str(frames_root)}, ckpt_path)
+    _epochs(cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress, state, net, model_args,
+            {"config": {"train": _comparable(cfg), "bin": dataclasses.asdict(bin_cfg), "recipe": recipe}},
+            {"store_id": store.store_id, "store_path": str(store_path), "frames_root": str(frames_root)})
     final = _score_selected(net, data, state, ranks.device, cfg.amp)
     metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
     if ranks.distributed:
@@ -173,6 +162,25 @@ def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: boo
     state = _resume(ckpt_path, cfg, None, store, net, opt, sched, scaler, ranks) if resume else _Progress()
     if ranks.main:
         _print_summary(cfg, store, data, net, deploy_params, ranks)
+    _epochs(cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress, state, net, model_args,
+            {"input": "images", "config": {"train": _comparable(cfg), "recipe": recipe}},
+            {"store_id": store.store_id, "store_path": str(store_path),
+             "normalize": {"mean": list(store.attrs["mean"]), "std": list(store.attrs["std"])}})
+    final = _score_selected(net, data, state, ranks.device, cfg.amp)
+    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
+    if ranks.distributed:
+        dist.destroy_process_group()
+    return metrics
+
+
+def _epochs(cfg: TrainConfig, pair: nn.Module, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LambdaLR, scaler: torch.amp.GradScaler, data, ranks: "_Ranks",
+            ckpt_path: Path, progress: bool, state: "_Progress", net: SpikingNet, model_args: dict,
+            head: dict, tail: dict) -> None:
+    """The epochs left (``state`` says where to start): train, score val and test (history only), record the
+    selection, print and checkpoint (atomically, rank 0). ``head`` and ``tail``: the checkpoint keys that depend on
+    the kind of data (event frames or images), written before ``model_args`` and after ``history`` (the key order
+    is part of the checkpoint's bytes)."""
     for epoch in range(state.start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         row = _train_one_epoch(epoch, cfg, pair, opt, sched, scaler, data, ranks, ckpt_path, progress)
@@ -181,18 +189,8 @@ def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: boo
         if ranks.main:
             _print_epoch(row, cfg.epochs, state.epoch_s[-1])
             save_checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "scaler": scaler.state_dict(), "input": "images",
-                             "config": {"train": _comparable(cfg), "recipe": recipe}, "model_args": model_args,
-                             "epoch": epoch,
-                             **state.selection(epoch), "history": state.history, "store_id": store.store_id,
-                             "store_path": str(store_path),
-                             "normalize": {"mean": list(store.attrs["mean"]), "std": list(store.attrs["std"])}},
-                            ckpt_path)
-    final = _score_selected(net, data, state, ranks.device, cfg.amp)
-    metrics = _write_outputs(out_dir, cfg, store, state, final, deploy_params, ranks, recipe) if ranks.main else {}
-    if ranks.distributed:
-        dist.destroy_process_group()
-    return metrics
+                             "scaler": scaler.state_dict(), **head, "model_args": model_args, "epoch": epoch,
+                             **state.selection(epoch), "history": state.history, **tail}, ckpt_path)
 
 
 # ------------------------------------------------------------------------------------------ checks before work
