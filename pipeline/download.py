@@ -55,20 +55,29 @@ def _extract(archive: Path, raw: Path) -> None:
 def download(spec: DatasetSpec, raw: Path, timeout_s: float = 30.0) -> list[Path]:
     """Fetch (unless present), verify md5 and extract every official file. Raises RuntimeError with
     `download_instructions` when a file is missing and cannot be fetched, or when a checksum does not match."""
+    done = _fetch_verified(spec.downloads, raw, download_instructions(spec, raw), timeout_s)
+    for dest in done:
+        _extract(dest, raw)
+    return done
+
+
+def _fetch_verified(downloads, raw: Path, instructions: str, timeout_s: float) -> list[Path]:
+    """Each of ``downloads`` in ``raw``: fetched unless present (a ``manual`` one is refused when missing), then its
+    md5 checked. RuntimeError with ``instructions`` when a file is missing and cannot be fetched, or a checksum does
+    not match. Returns the files, in order."""
     raw.mkdir(parents=True, exist_ok=True)
     done = []
-    for d in spec.downloads:
+    for d in downloads:
         dest = raw / d.filename
         if not dest.is_file():
             if d.manual:
-                raise RuntimeError(f"{dest} is missing and must be downloaded by hand.\n{download_instructions(spec, raw)}")
+                raise RuntimeError(f"{dest} is missing and must be downloaded by hand.\n{instructions}")
             try:
                 _fetch(d, dest, timeout_s)
             except (urllib.error.URLError, OSError, TimeoutError) as err:
-                raise RuntimeError(f"could not download {d.url}: {err}\n{download_instructions(spec, raw)}") from err
+                raise RuntimeError(f"could not download {d.url}: {err}\n{instructions}") from err
         if d.md5 and (got := md5sum(dest)) != d.md5:
             raise RuntimeError(f"{dest}: md5 {got} does not match the official {d.md5}; delete it and retry")
-        _extract(dest, raw)
         done.append(dest)
     return done
 
@@ -85,19 +94,7 @@ def download_images(spec: ImageSpec, raw: Path, timeout_s: float = 30.0) -> list
         except MissingRawDataError:
             raise RuntimeError(f"{raw}: {spec.name} must be downloaded by hand.\n{spec.instructions(raw)}") from None
         return [raw / "train", raw / "val"]
-    raw.mkdir(parents=True, exist_ok=True)
-    done = []
-    for d in spec.downloads:
-        dest = raw / d.filename
-        if not dest.is_file():
-            try:
-                _fetch(d, dest, timeout_s)
-            except (urllib.error.URLError, OSError, TimeoutError) as err:
-                raise RuntimeError(f"could not download {d.url}: {err}\n{spec.instructions(raw)}") from err
-        if d.md5 and (got := md5sum(dest)) != d.md5:
-            raise RuntimeError(f"{dest}: md5 {got} does not match the official {d.md5}; delete it and retry")
-        done.append(dest)
-    return done
+    return _fetch_verified(spec.downloads, raw, spec.instructions(raw), timeout_s)
 
 
 def check_params(params: Path) -> int:
