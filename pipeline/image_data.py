@@ -39,7 +39,7 @@ __all__ = ["ImageSplit", "open_run_image_store", "load_split", "epoch_order", "e
 class ImageSplit:
     """One split of an image store in memory.
 
-    images: uint8 ``[N, C, H, W]`` (CPU; pinned when the run trains on CUDA). labels: int64 ``[N]``.
+    images: uint8 ``[N, C, H, W]`` (CPU, pageable: a batch is pinned after the gather). labels: int64 ``[N]``.
     source_index: int64 ``[N]``, each image's index in the raw dataset (the predictions' sample id)."""
 
     name: str
@@ -68,15 +68,13 @@ def open_run_image_store(path, dataset: str | None = None):
     return store
 
 
-def load_split(store, name: str, pin: bool = False) -> ImageSplit:
+def load_split(store, name: str) -> ImageSplit:
     """Read split ``name`` of an open image store into memory (one read of its ``images`` array)."""
     split = store[name]
     images = torch.from_numpy(np.ascontiguousarray(split.load()))
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise StoreError(f"{store.path}/{name}: images must be uint8 [N, C, H, W], got {images.dtype} "
                          f"{tuple(images.shape)}")
-    if pin:
-        images = images.pin_memory()
     labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64))
     return ImageSplit(name, images, labels, np.asarray(split.source_index, dtype=np.int64))
 

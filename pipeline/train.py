@@ -139,8 +139,8 @@ def run(cfg: TrainConfig, bin_cfg: BinConfig, store_path: Path, frames_root: Pat
     return metrics
 
 
-def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: bool = False, progress: bool = True,
-               recipe: str | None = None) -> dict:
+def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, dataset: str, resume: bool = False,
+               progress: bool = True, recipe: str | None = None) -> dict:
     """Train ``cfg.method`` on the image store at ``store_path`` with direct encoding (`pipeline.image_data`);
     the same steps and outputs as `run`, with the split in memory instead of frame caches.
 
@@ -149,7 +149,7 @@ def run_images(cfg: TrainConfig, store_path: Path, out_dir: Path, *, resume: boo
     default ``rebin`` is ignored). No time normalisation (``t_ref = None``): every step holds the whole image.
     Returns the metrics written to ``metrics.json`` (``{}`` on every DDP rank but 0)."""
     ranks = _set_up_ranks(cfg)
-    store = open_run_image_store(store_path)
+    store = open_run_image_store(store_path, dataset)  # another dataset's store is refused, naming both
     _check_images_before_work(cfg, store, ranks.device, out_dir)
     _claim_device(ranks.device)
     data = _set_up_image_data(cfg, store, ranks)
@@ -433,10 +433,11 @@ class _ImageData:
 
 
 def _set_up_image_data(cfg: TrainConfig, store, ranks: _Ranks) -> _ImageData:
-    """Every split of the image store in memory (train pinned on CUDA), and the store's normalisation."""
-    pin = ranks.device.type == "cuda"
-    train = load_split(store, "train", pin=pin)
-    scored = {s: load_split(store, s, pin=pin) for s in SCORED if s in store.splits}
+    """Every split of the image store in memory, and the store's normalisation. The splits stay in pageable memory:
+    a batch is gathered into a fresh tensor and pinned there (`pipeline.image_data`), so pinning whole splits would
+    only double the host memory (ImageNet: tens of GB page-locked)."""
+    train = load_split(store, "train")
+    scored = {s: load_split(store, s) for s in SCORED if s in store.splits}
     C, H, W = (int(v) for v in store.image_shape)
     hw = tuple(cfg.image_augment.out_hw) if cfg.image_augment.out_hw else (H, W)
     return _ImageData(train, scored, normaliser(store, ranks.device), ranks, cfg, (C, int(hw[0]), int(hw[1])),
@@ -759,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = load_section("paths", PathsConfig, args.params, overrides)
     ingest_cfg = load_section("ingest", IngestConfig, args.params, overrides)
     if args.dataset in IMAGE_DATASETS:  # static images: the image store, direct encoding (`run_images`)
-        return _main_images(args, cfg, paths, recipe)
+        return _main_images(args, cfg, paths, ingest_cfg, recipe)
     store = args.store or paths.store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
@@ -776,10 +777,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0  # a CheckpointError or a StoreError (exit 1) is `exits_on_error`'s
 
 
-def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig, recipe: str | None) -> int:
+def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig, ingest_cfg: IngestConfig,
+                 recipe: str | None) -> int:
     """`main` for an image dataset: ``--store`` is the image store (default ``<paths.images_root>/<dataset>.zarr``,
-    ingested first when missing); the same run folder, flags and exit codes as the event datasets."""
-    store = args.store or Path(paths.images_root) / f"{args.dataset}.zarr"
+    or ``.h5`` under ``ingest.format: h5``, where `pipeline.ingest_images` writes it; ingested first when missing);
+    the same run folder, flags and exit codes as the event datasets."""
+    store = args.store or paths.image_store_path(args.dataset, ingest_cfg.format)
     out = args.out or Path(paths.runs_root) / args.dataset / cfg.method
     try:
         check_writable(out, "run (checkpoint, history, metrics)")
@@ -787,7 +790,8 @@ def _main_images(args: argparse.Namespace, cfg: TrainConfig, paths: PathsConfig,
             code = _ingest_images_first(args.dataset, store, paths, args.params, args.overrides)
             if code:
                 return code
-        run_images(cfg, store, out, resume=args.resume, progress=not args.no_progress, recipe=recipe)
+        run_images(cfg, store, out, dataset=args.dataset, resume=args.resume, progress=not args.no_progress,
+                   recipe=recipe)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

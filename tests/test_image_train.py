@@ -196,6 +196,14 @@ def test_an_image_store_for_an_event_dataset_is_refused_naming_it(store, tmp_pat
     assert str(store) in err and "tssd-image-store" in err
 
 
+def test_another_datasets_image_store_is_refused_naming_both(store, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_mod.main(["cifar100", "--store", str(store), "--out", str(out), *FAST])
+    assert code == 1 and not (out / "metrics.json").exists()
+    err = capsys.readouterr().err
+    assert str(store) in err and "'cifar10'" in err and "'cifar100'" in err
+
+
 def test_teacher_input_repeat_is_refused_for_images(store, tmp_path, capsys):
     assert _train(store, tmp_path / "run", "--set", "train.teacher_input=repeat") == 2  # a ConfigError
     assert "teacher_input" in capsys.readouterr().err and not (tmp_path / "run" / "checkpoint.pt").exists()
